@@ -1,0 +1,113 @@
+"""Wires the Faust app: topics and agents. The logic lives in streaming.worker.
+
+Both agents consume raw bytes (Faust has no dead letters: decoding happens
+inside the step, so bad input becomes a dead letter, not a crash), take
+micro-batches, and send every output record of a batch together, then await
+all acknowledgements before the batch's events are acked; Faust commits
+only acked offsets, so an offset is committed only after its prediction (or
+dead letter) is on the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+
+from streaming.observability.metrics import Metrics
+from streaming.worker import transport
+from streaming.worker.learn import LabelProcessor
+from streaming.worker.records import InRecord, OutRecord
+from streaming.worker.runtime import Runtime
+from streaming.worker.score import ScoreProcessor
+
+__all__ = ["StreamingApp", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class StreamingApp(faust.App):
+    """A Faust app that carries the consumer fetch wait for our transport."""
+
+    fetch_max_wait_ms: int = transport.DEFAULT_FETCH_MAX_WAIT_MS
+
+
+def _records(events: Sequence[Any]) -> list[InRecord]:
+    now_us = time.time_ns() // 1000
+    out = []
+    for e in events:
+        msg = e.message
+        ts = msg.timestamp
+        out.append(InRecord(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
+                            int(ts * 1000) if ts else None, now_us))
+    return out
+
+
+async def _send_all(app: faust.App, records: Sequence[OutRecord]) -> None:
+    """Send a batch's records together, then wait for every acknowledgement."""
+    if not records:
+        return
+    producer = app.producer
+    futures = [await producer.send(r.topic, r.key, r.value, None, None, r.headers) for r in records]
+    await asyncio.gather(*futures)
+
+
+def _observe_e2e(metrics: Metrics, produced_ms: Sequence[int]) -> None:
+    now_ms = time.time() * 1000
+    for p in produced_ms:
+        if p:
+            metrics.e2e.observe(max(0.0, (now_ms - p) / 1000.0))
+
+
+def create_app(rt: Runtime) -> StreamingApp:
+    s = rt.settings
+    app = StreamingApp(
+        s.app_id,
+        broker=f"{transport.SCHEME}://{rt.bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=s.topic_partitions,
+        topic_allow_declare=False,
+        producer_linger=s.producer_linger_ms / 1000.0,
+        producer_acks=-1 if s.producer_acks == "all" else int(s.producer_acks),
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
+        broker_commit_interval=s.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+    )
+    app.fetch_max_wait_ms = s.consumer_fetch_max_wait_ms
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(s.topic_events, **raw)
+    labels_topic = app.topic(s.topic_labels, **raw)
+    scorer = ScoreProcessor(rt)
+    learner = LabelProcessor(rt)
+    within = s.batch_max_wait_ms / 1000.0
+    rt.metrics.batch_target.set(s.batch_max_rows)
+
+    @app.agent(events_topic, name="score")
+    async def score(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(s.batch_max_rows, within=within):
+            batch = await scorer.process(_records(events))
+            t0 = time.perf_counter()
+            await _send_all(app, batch.out)
+            rt.metrics.stage.labels("publish").observe(time.perf_counter() - t0)
+            _observe_e2e(rt.metrics, batch.produced_ms)
+
+    @app.agent(labels_topic, name="learn")
+    async def learn(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(1000, within=0.05):
+            batch = await learner.process(_records(events))
+            await _send_all(app, batch.out)
+
+    @app.timer(interval=1.0)
+    async def loop_lag() -> None:
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.1)
+        rt.metrics.loop_lag.set(max(0.0, time.perf_counter() - t0 - 0.1))
+
+    return app

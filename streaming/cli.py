@@ -1,0 +1,310 @@
+"""``streaming ...``: the user's commands.
+
+Every command reads the one settings object (``STREAMING_*`` variables); a
+problem the user can fix is one ``error:`` line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from streaming.errors import UserError
+from streaming.settings import Settings
+
+__all__ = ["main", "cli"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Turn :class:`UserError` into one line on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streaming")
+def cli() -> None:
+    """Streaming real-time inference: Kafka events in, Redis features, ONNX scores, River learning and drift.
+
+    Settings come from STREAMING_* environment variables (docs/contract.md).
+    """
+
+
+# -- embedded stack ----------------------------------------------------------
+@cli.command()
+@_friendly
+def up() -> None:
+    """Start the embedded broker (Tansu) and Redis (or adopt the one at STREAMING_REDIS_URL)."""
+    from streaming.infra.stack import Stack
+
+    state = Stack(_settings()).up()
+    for name, svc in state.services.items():
+        owner = f"pid {svc.pid}" if svc.pid else "external"
+        click.echo(f"{name:7} {svc.url:32} port {svc.port:<6} {owner}")
+
+
+@cli.command()
+@_friendly
+def down() -> None:
+    """Stop what `streaming up` started."""
+    from streaming.infra.stack import Stack
+
+    stopped = Stack(_settings()).down()
+    click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@cli.command()
+@_friendly
+def status() -> None:
+    """Show the embedded stack's services, ports and whether they answer."""
+    from streaming.infra.stack import Stack
+
+    state = Stack(_settings()).state
+    if not state.services:
+        click.echo("not running (start it with `streaming up`)")
+        sys.exit(1)
+    ok = True
+    for name, svc in state.services.items():
+        running = svc.running
+        ok &= running
+        owner = f"pid {svc.pid}" if svc.pid else "external"
+        click.echo(f"{name:7} {svc.url:32} port {svc.port:<6} {owner:12} {'up' if running else 'DOWN'}")
+    sys.exit(0 if ok else 1)
+
+
+# -- worker ------------------------------------------------------------------
+@cli.command()
+@_friendly
+def worker() -> None:
+    """Run the Faust worker: score events, learn from labels, watch drift."""
+    from streaming.worker.run import run_worker
+
+    run_worker(_settings())
+
+
+# -- data in and out ---------------------------------------------------------
+@cli.command()
+@click.argument("source", required=False, type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--topic", help="Topic to publish to (default: the events topic).")
+@click.option("--subject", help="Schema subject to validate against (default: the pipeline's event schema).")
+@click.option("--format", "fmt", type=click.Choice(["avro", "json", "raw"]), default="avro", show_default=True,
+              help="avro: Confluent wire format; json: plain JSON; raw: each line's bytes unchanged, unvalidated.")
+@click.option("--synthetic", is_flag=True, help="Generate events with the pipeline's generator instead of reading SOURCE.")
+@click.option("--rate", type=float, default=200.0, show_default=True, help="Synthetic events per second.")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Synthetic: seconds to run.")
+@click.option("--drift-at", type=float, default=None, help="Synthetic: switch the fraud pattern after this many seconds.")
+@click.option("--labels/--no-labels", default=False, help="Synthetic: publish labels too, after --label-delay.")
+@click.option("--label-delay", type=float, default=5.0, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@_friendly
+def produce(source: str | None, topic: str | None, subject: str | None, fmt: str, synthetic: bool, rate: float,
+            duration: float, drift_at: float | None, labels: bool, label_delay: float, seed: int) -> None:
+    """Publish events: JSON lines from SOURCE (a file, or - for stdin), or --synthetic ones."""
+    from streaming.events.producer import EventProducer
+    from streaming.events.topics import ensure_topics
+    from streaming.infra.stack import check_broker, resolve_endpoints
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, codec, pipeline = load_components(s)
+    bootstrap, _ = resolve_endpoints(s)
+    check_broker(bootstrap)
+    topic = topic or s.topic_events
+    subject = subject or pipeline.event.schema
+    ensure_topics(bootstrap, [topic, s.topic_labels], s.topic_partitions)
+    key_fields = pipeline.event.key if subject == pipeline.event.schema else ()
+    prod = EventProducer(bootstrap, codec, subject, topic, key_fields=key_fields, as_json=fmt == "json")
+    if synthetic:
+        from streaming.synthetic import Player, generator_for
+
+        now = time.time_ns() // 1000
+        gen = generator_for(pipeline, rate=rate, seed=seed, start_us=now,
+                            drift_at_us=None if drift_at is None else now + int(drift_at * 1e6),
+                            id_prefix=f"p{now // 1_000_000}-")
+        lab = EventProducer(bootstrap, codec, "label", s.topic_labels) if labels else None
+        player = Player(gen, prod, lab, id_field=pipeline.event.id_field, time_field=pipeline.event.time_field,
+                        label_delay_s=label_delay)
+        stats = player.run(duration)
+        player.drain_labels(label_delay + 1.0)
+        click.echo(f"produced {stats.events} events ({stats.positives} positive), {stats.labels} labels to {topic}; "
+                   f"worst lag behind schedule {stats.lag_s * 1000:.0f} ms", err=True)
+        return
+    if source is None:
+        raise UserError("give a SOURCE file (or - for stdin), or --synthetic")
+    stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    bad = 0
+    with stream:
+        for lineno, line in enumerate(stream, 1):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            if fmt == "raw":
+                prod.send_raw(line)
+                continue
+            try:
+                record = orjson.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                prod.send(record)
+            except (ValueError, KeyError) as exc:
+                bad += 1
+                click.echo(f"line {lineno}: skipped: {exc}", err=True)
+    left = prod.flush()
+    click.echo(f"produced {prod.sent} records to {topic}" + (f", {bad} bad lines skipped" if bad else ""), err=True)
+    if left or bad:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("--from", "start", type=click.Choice(["beginning", "end"]), default="beginning", show_default=True)
+@click.option("--max", "max_records", type=int, default=0, help="Stop after this many records (0: no limit).")
+@click.option("--timeout", type=float, default=0.0, help="Stop after this many idle seconds (0: never).")
+@_friendly
+def consume(topic: str, start: str, max_records: int, timeout: float) -> None:
+    """Print TOPIC's records as JSON lines, decoded by the topic's schema (dead letters with their headers)."""
+    from streaming.events.reader import TopicReader
+    from streaming.infra.stack import check_broker, resolve_endpoints
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, codec, pipeline = load_components(s)
+    bootstrap, _ = resolve_endpoints(s)
+    check_broker(bootstrap)
+    subjects = {s.topic_events: pipeline.event.schema, s.topic_predictions: "prediction", s.topic_labels: "label",
+                s.topic_retrain: "retrain_request"}
+    subject = subjects.get(topic)
+    reader = TopicReader(bootstrap, topic, from_beginning=start == "beginning")
+    n = 0
+    idle_since = time.monotonic()
+    try:
+        while True:
+            msgs = reader.poll(0.2)
+            if not msgs:
+                if timeout and time.monotonic() - idle_since > timeout:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for msg in msgs:
+                out: dict[str, Any] = {"partition": msg.partition(), "offset": msg.offset(),
+                                       "key": (msg.key() or b"").decode("utf-8", "replace")}
+                if subject is not None:
+                    try:
+                        out["value"] = codec.decode(subject, msg.value())
+                    except ValueError as exc:
+                        out["undecodable"] = str(exc)
+                else:
+                    out["value"] = (msg.value() or b"").decode("utf-8", "replace")
+                if msg.headers():
+                    out["headers"] = {k: v.decode("utf-8", "replace") for k, v in msg.headers()}
+                click.echo(orjson.dumps(out).decode())
+                n += 1
+                if max_records and n >= max_records:
+                    return
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reader.close()
+
+
+# -- models ------------------------------------------------------------------
+@cli.command()
+@click.option("--seed", type=int, default=None, help="Override the pipeline's training seed.")
+@_friendly
+def train(seed: int | None) -> None:
+    """Train the pipeline's model on synthetic data and register it as the next version."""
+    from streaming.inference.registry import ModelRegistry
+    from streaming.training.job import train_pipeline
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, _, pipeline = load_components(s)
+    registry = ModelRegistry(s.path(s.models_dir), pipeline.name)
+    train_pipeline(pipeline, registry, seed=seed, progress=lambda m: click.echo(f"train: {m}", err=True))
+
+
+@cli.group()
+def models() -> None:
+    """The model registry: models/<pipeline>/<version>/."""
+
+
+@models.command("list")
+@_friendly
+def models_list() -> None:
+    """List the versions of the pipeline's model."""
+    from streaming.inference.registry import ModelRegistry
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, _, pipeline = load_components(s)
+    reg = ModelRegistry(s.path(s.models_dir), pipeline.name)
+    versions = reg.versions()
+    if not versions:
+        click.echo(f"no versions of {pipeline.name} under {reg.root} (run `streaming train`)")
+        return
+    active = reg.active().version
+    for v in versions:
+        auc = v.metadata.get("metrics", {}).get("roc_auc", float("nan"))
+        mark = "*" if v.version == active else " "
+        click.echo(f"{mark} {v.version:6} {v.metadata.get('created_at', '?'):22} roc_auc {auc:.3f}  "
+                   f"sha256 {v.metadata.get('sha256', '?')[:12]}")
+
+
+@models.command("activate")
+@click.argument("version")
+@_friendly
+def models_activate(version: str) -> None:
+    """Make VERSION the active model (workers load it at start)."""
+    from streaming.inference.registry import ModelRegistry
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, _, pipeline = load_components(s)
+    mv = ModelRegistry(s.path(s.models_dir), pipeline.name).activate(version)
+    click.echo(f"active: {mv.name} {mv.version}")
+
+
+# -- the main job ------------------------------------------------------------
+@cli.command()
+@click.option("--rate", type=float, default=400.0, show_default=True, help="Events per second.")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of events.")
+@click.option("--label-delay", type=float, default=3.0, show_default=True, help="Seconds before an event's label.")
+@click.option("--seed", type=int, default=11, show_default=True)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the summary (default: <run_dir>/demo-summary.json and .txt).")
+@_friendly
+def demo(rate: float, duration: float, label_delay: float, seed: int, report: Path | None) -> None:
+    """Run everything: stack, model, worker, a minute of events with drift half-way, and a summary."""
+    from streaming.demo import run_demo
+
+    ok = run_demo(_settings(), rate=rate, duration=duration, label_delay=label_delay, seed=seed, report=report)
+    sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    cli(prog_name="streaming")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""``streaming demo``: the whole system on the embedded stack, with a summary.
+
+Brings up the broker and Redis (unless configured), trains the first model
+when there is none, starts a worker, plays synthetic payments in real time
+with the fraud pattern switching half-way and labels following after a
+delay, reads the predictions back, and prints (and writes) a summary. Ctrl-C
+stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from tqdm import tqdm
+
+from loadtest.collector import PredictionCollector
+from loadtest.percentiles import percentiles
+from streaming.events.producer import EventProducer
+from streaming.events.reader import TopicReader
+from streaming.events.topics import ensure_topics
+from streaming.inference.registry import ModelRegistry
+from streaming.infra.processes import free_port
+from streaming.infra.stack import Stack, check_broker, resolve_endpoints
+from streaming.settings import Settings
+from streaming.synthetic.player import Player
+from streaming.synthetic.registry import generator_for
+from streaming.training.job import train_pipeline
+from streaming.worker.process import WorkerProcess
+from streaming.worker.runtime import load_components
+
+__all__ = ["count_records", "run_demo", "scrape"]
+
+#: malformed records published on purpose, to show dead letters
+BAD_RECORDS = [b"not json at all", b'{"event_id": "bad-1"}', b"\x00\x00\x00\x00\x63garbage", b"[1, 2, 3]"]
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of a /metrics page keyed by (name, sorted labels)."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return out
+
+
+def _sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+def count_records(bootstrap: str, topic: str, since_ms: int, idle_s: float = 1.0) -> int:
+    """Records in ``topic`` with a timestamp at or after ``since_ms``.
+
+    Read, not computed from watermarks: Tansu's high watermark counts batches
+    (the base offset of the last batch + 1), not records.
+    """
+    reader = TopicReader(bootstrap, topic, from_beginning=True)
+    try:
+        n = 0
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < idle_s:
+            msgs = reader.poll(0.2)
+            if msgs:
+                idle_since = time.monotonic()
+            n += sum(1 for m in msgs if m.timestamp()[1] >= since_ms)
+        return n
+    finally:
+        reader.close()
+
+
+def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: float, seed: int,
+             report: Path | None = None) -> bool:
+    say = lambda m: tqdm.write(f"demo: {m}")  # noqa: E731
+    stack: Stack | None = None
+    worker: WorkerProcess | None = None
+    collector: PredictionCollector | None = None
+    producers: list[EventProducer] = []
+    run_dir = settings.run_path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _, codec, pipeline = load_components(settings)
+        if not settings.broker_url:
+            stack = Stack(settings, tie_to_parent=True)
+            if stack.state.services.get("broker") is not None and stack.state.services["broker"].running:
+                say("using the embedded stack that is already up")
+                stack = None  # not ours to stop
+            else:
+                state = stack.up()
+                say("started " + ", ".join(f"{n} at {s.url}" for n, s in state.services.items()))
+        bootstrap, redis_url = resolve_endpoints(settings)
+        check_broker(bootstrap)
+
+        registry = ModelRegistry(settings.path(settings.models_dir), pipeline.name)
+        if not registry.versions():
+            say("no model yet: training the first one")
+            train_pipeline(pipeline, registry, progress=say)
+        active = registry.active()
+        say(f"model {active.name} {active.version} (holdout ROC AUC {active.metadata['metrics']['roc_auc']:.3f})")
+
+        ensure_topics(bootstrap, settings.topics.values(), settings.topic_partitions)
+        started_ms = int(time.time() * 1000)
+        metrics_port = free_port()
+        env = {"STREAMING_BROKER_URL": bootstrap, "STREAMING_REDIS_URL": redis_url,
+               "STREAMING_METRICS_PORT": str(metrics_port), "STREAMING_RUN_DIR": str(run_dir)}
+        say("starting the worker (joining the consumer group takes a few seconds)")
+        worker = WorkerProcess(env, run_dir / "demo-worker.log").start()
+        collector = PredictionCollector(bootstrap, settings.topic_predictions, codec,
+                                        since_us=started_ms * 1000).start()
+
+        events = EventProducer(bootstrap, codec, pipeline.event.schema, settings.topic_events,
+                               key_fields=pipeline.event.key, linger_ms=20)
+        labels = EventProducer(bootstrap, codec, "label", settings.topic_labels, linger_ms=20)
+        producers += [events, labels]
+        for bad in BAD_RECORDS:
+            events.send_raw(bad, key=b"bad")
+        now = time.time_ns() // 1000
+        drift_at = now + int(duration / 2 * 1e6)
+        gen = generator_for(pipeline, rate=rate, seed=seed, start_us=now, drift_at_us=drift_at,
+                            id_prefix=f"d{now // 1_000_000}-")
+        player = Player(gen, events, labels, id_field=pipeline.event.id_field, time_field=pipeline.event.time_field,
+                        label_delay_s=label_delay, keep_ids=True)
+        say(f"publishing ~{rate:g} events/s for {duration:g}s; the fraud pattern switches at {duration / 2:g}s; "
+            f"labels follow after {label_delay:g}s")
+        bar = tqdm(total=int(rate * duration), unit="ev", desc="events", dynamic_ncols=True)
+        col = collector
+
+        def tick(stats: Any) -> None:
+            bar.n = stats.events
+            lat = percentiles(col.e2e_ms[-2000:], qs=(99,))
+            phase = "drift" if time.time_ns() // 1000 >= drift_at else "before drift"
+            bar.set_postfix_str(f"predictions {col.unique}, labels {stats.labels}, p99 {lat['p99']:.0f} ms, {phase}")
+            if not worker or not worker.alive:
+                raise RuntimeError("the worker died; see " + str(run_dir / "demo-worker.log"))
+
+        stats = player.run(duration, on_tick=tick)
+        bar.n = stats.events
+        bar.refresh()
+        bar.close()
+        say(f"published {stats.events} events; waiting for the last predictions and labels")
+        complete = collector.wait_for(stats.events, timeout=30)
+        player.drain_labels(label_delay + 1.0)
+        time.sleep(3.0)  # let the learn agent take the last labels
+        samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        missing = collector.missing(stats.event_ids)
+        e2e = percentiles(collector.e2e_ms)
+        wk = percentiles(collector.worker_ms)
+        summary: dict[str, Any] = {
+            "events_produced": stats.events,
+            "fraud_events": stats.positives,
+            "predictions_received": collector.unique,
+            "missing_predictions": len(missing),
+            "duplicate_predictions": collector.duplicates,
+            "malformed_records_sent": len(BAD_RECORDS),
+            "dead_letters": count_records(bootstrap, settings.topic_dlq, started_ms),
+            "e2e_latency_ms": {k: round(v, 2) for k, v in e2e.items() if k != "count"},
+            "worker_latency_ms": {k: round(v, 2) for k, v in wk.items() if k != "count"},
+            "labels_published": stats.labels,
+            "labels_joined": _sum(samples, "streaming_labels_total", outcome="joined"),
+            "drift_detections": _sum(samples, "streaming_drift_detections_total"),
+            "retrain_requests": count_records(bootstrap, settings.topic_retrain, started_ms),
+            "model_rocauc": round(_sum(samples, "streaming_online_metric", scorer="model", metric="rocauc"), 4),
+            "learner_rocauc": round(_sum(samples, "streaming_online_metric", scorer="learner", metric="rocauc"), 4),
+            "fallback_predictions": collector.fallbacks,
+            "rate": rate,
+            "duration_s": duration,
+            "generator_lag_ms": round(stats.lag_s * 1000, 1),
+            "model_version": active.version,
+        }
+        ok = complete and not missing and summary["dead_letters"] == len(BAD_RECORDS)
+        summary["ok"] = ok
+        _write(summary, report or run_dir / "demo-summary.json", say)
+        return ok
+    except KeyboardInterrupt:
+        say("interrupted; stopping")
+        return False
+    finally:
+        for p in producers:
+            p.close()
+        if collector is not None:
+            collector.stop()
+        if worker is not None:
+            worker.stop()
+        if stack is not None:
+            stack.down()
+
+
+def _write(summary: dict[str, Any], path: Path, say: Any) -> None:
+    e2e, wk = summary["e2e_latency_ms"], summary["worker_latency_ms"]
+    lines = [
+        "",
+        "=== streaming demo summary ===",
+        f"events produced        {summary['events_produced']:>8}   ({summary['fraud_events']} fraud)",
+        f"predictions received   {summary['predictions_received']:>8}   missing {summary['missing_predictions']}, "
+        f"duplicates {summary['duplicate_predictions']}",
+        f"e2e latency (ms)       p50 {e2e['p50']:.1f}  p95 {e2e['p95']:.1f}  p99 {e2e['p99']:.1f}  max {e2e['max']:.1f}"
+        "   (event record timestamp -> prediction read back)",
+        f"worker latency (ms)    p50 {wk['p50']:.1f}  p95 {wk['p95']:.1f}  p99 {wk['p99']:.1f}"
+        "   (event record timestamp -> score ready)",
+        f"dead letters           {summary['dead_letters']:>8}   (malformed records sent: {summary['malformed_records_sent']})",
+        f"labels                 {summary['labels_published']:>8}   published, {summary['labels_joined']:.0f} joined",
+        f"drift detections       {summary['drift_detections']:>8.0f}   retrain requests {summary['retrain_requests']}",
+        f"online ROC AUC         model {summary['model_rocauc']:.3f}   learner {summary['learner_rocauc']:.3f}   (rolling)",
+        f"result                 {'OK: every event was scored once' if summary['ok'] else 'FAILED'}",
+    ]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    path.with_suffix(".txt").write_text(text + "\n")
+    say(f"summary written to {path} and {path.with_suffix('.txt')}")

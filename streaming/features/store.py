@@ -1,0 +1,131 @@
+"""The online feature store seam and its Redis implementation.
+
+One micro-batch costs at most two round trips: one script call that applies
+the batch's events (skipping ids already applied) and returns every event's
+window features, and one pipelined write of the feature log (the exact vector
+served, for the label join).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import redis.asyncio as aioredis
+
+from streaming.features.layout import WindowPlan
+from streaming.pipeline.spec import Pipeline
+
+__all__ = ["FeatureStore", "RedisFeatureStore", "WindowResult", "ServedVector"]
+
+_SCRIPT = (Path(__file__).parent / "window.lua").read_text()
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    values: list[float]  # in the order of pipeline.window_features
+    applied: bool  # False: the event id was applied before (a redelivery)
+
+
+@dataclass(frozen=True)
+class ServedVector:
+    """What the model saw for one event, kept for the label join."""
+
+    event_id: str
+    x: list[float]
+    model_version: str
+    score: float
+    event_time: int
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"x": self.x, "v": self.model_version, "s": self.score, "t": self.event_time})
+
+    @classmethod
+    def from_bytes(cls, event_id: str, data: bytes) -> ServedVector:
+        d = orjson.loads(data)
+        return cls(event_id, d["x"], d["v"], d["s"], d["t"])
+
+
+class FeatureStore(Protocol):
+    async def update_and_read(self, events: Sequence[dict[str, Any]]) -> list[WindowResult]: ...
+
+    async def log_served(self, served: Sequence[ServedVector]) -> None: ...
+
+    async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | None]: ...
+
+    async def close(self) -> None: ...
+
+
+class RedisFeatureStore:
+    """Window features in Redis, one script call per micro-batch."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        pipeline: Pipeline,
+        *,
+        prefix: str | None = None,
+        dedupe_ttl_s: int = 86400,
+        log_ttl_s: int = 86400,
+    ) -> None:
+        self.client = client
+        self.pipeline = pipeline
+        self.plan = WindowPlan(pipeline)
+        self.prefix = prefix if prefix is not None else f"{pipeline.name}:"
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self.log_ttl_s = log_ttl_s
+        self._plan_json = orjson.dumps(self.plan.to_json()).decode()
+        self._script = client.register_script(_SCRIPT)
+        self._n_reads = len(self.plan.reads)
+        self.round_trips = 0
+
+    @classmethod
+    def from_url(cls, url: str, pipeline: Pipeline, **kwargs: Any) -> RedisFeatureStore:
+        return cls(aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0), pipeline, **kwargs)
+
+    async def update_and_read(self, events: Sequence[dict[str, Any]]) -> list[WindowResult]:
+        if not events:
+            return []
+        spec = self.pipeline.event
+        args: list[Any] = [self._plan_json, self.prefix, self.dedupe_ttl_s]
+        for ev in events:
+            args.append(str(ev[spec.id_field]))
+            args.append(int(ev[spec.time_field]) // 1_000_000)
+            args.extend(self.plan.entity_values(ev))
+            args.extend(repr(v) for v in self.plan.field_values(ev))
+        self.round_trips += 1
+        raw = await self._script(keys=[], args=args)
+        stride = self._n_reads + 1
+        out = []
+        for i in range(len(events)):
+            row = raw[i * stride : (i + 1) * stride]
+            out.append(WindowResult([float(v) for v in row[:-1]], row[-1] in (b"1", "1")))
+        return out
+
+    def _log_key(self, event_id: str) -> str:
+        return f"{self.prefix}flog:{{{event_id}}}"
+
+    async def log_served(self, served: Sequence[ServedVector]) -> None:
+        if not served:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for s in served:
+            pipe.set(self._log_key(s.event_id), s.to_bytes(), ex=self.log_ttl_s)
+        self.round_trips += 1
+        await pipe.execute()
+
+    async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | None]:
+        if not event_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for eid in event_ids:
+            pipe.get(self._log_key(eid))
+        self.round_trips += 1
+        raw = await pipe.execute()
+        return [None if d is None else ServedVector.from_bytes(eid, d) for eid, d in zip(event_ids, raw, strict=True)]
+
+    async def close(self) -> None:
+        await self.client.aclose()

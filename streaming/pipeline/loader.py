@@ -1,0 +1,221 @@
+"""Loading ``pipeline.toml`` and checking it against its event schema.
+
+Every problem is reported as one :class:`~streaming.errors.PipelineError`
+line naming the file, the entry and what to change.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from streaming.errors import ConfigError, PipelineError
+from streaming.events.schemas import Schema, SchemaRegistry
+from streaming.pipeline.spec import (
+    CompareFeature,
+    EventSpec,
+    Feature,
+    FieldFeature,
+    LearnerSpec,
+    ModelSpec,
+    MonitorSpec,
+    Pipeline,
+    WindowFeature,
+    parse_duration,
+)
+
+__all__ = ["load_pipeline", "LEARNERS", "DETECTORS", "SIGNALS"]
+
+LEARNERS = ("logistic_regression", "hoeffding_tree")
+DETECTORS = ("adwin", "page_hinkley")
+SIGNALS = ("error", "score")
+_NUMERIC = {"int", "long", "float", "double", "boolean"}
+
+
+def _numeric(schema: Schema, name: str) -> bool:
+    t = schema.field_type(name)
+    if isinstance(t, list):  # a union such as ["null", "double"]
+        return all(x == "null" or x in _NUMERIC for x in t) and any(x in _NUMERIC for x in t)
+    return t in _NUMERIC
+
+
+class _Checker:
+    def __init__(self, path: Path, schema: Schema) -> None:
+        self.path = path
+        self.schema = schema
+
+    def fail(self, where: str, msg: str) -> PipelineError:
+        return PipelineError(f"{self.path}: {where}: {msg}")
+
+    def field(self, where: str, name: Any, *, numeric: bool = False) -> str:
+        if not isinstance(name, str) or name not in self.schema.field_names:
+            known = ", ".join(self.schema.field_names)
+            return_err = self.fail(where, f"unknown field {name!r} (event fields: {known})")
+            raise return_err
+        if numeric and not _numeric(self.schema, name):
+            raise self.fail(where, f"field {name!r} is not numeric ({self.schema.field_type(name)})")
+        return name
+
+    def duration(self, where: str, value: Any) -> int:
+        try:
+            seconds = parse_duration(value)
+        except (ValueError, AttributeError) as exc:
+            raise self.fail(where, str(exc)) from None
+        if seconds < 1 or seconds != int(seconds):
+            raise self.fail(where, f"{value!r} must be a whole number of seconds, at least 1s")
+        return int(seconds)
+
+
+def _table(raw: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise PipelineError(f"{path}: missing [{key}] table")
+    return value
+
+
+def _feature(c: _Checker, i: int, raw: dict[str, Any]) -> Feature:
+    name = raw.get("name")
+    where = f"features[{i}] {name!r}"
+    if not isinstance(name, str) or not name:
+        raise c.fail(f"features[{i}]", "every feature needs a name")
+    kind = raw.get("kind", "field")
+    if kind == "field":
+        equals = raw.get("equals")
+        transform = raw.get("transform", "identity")
+        if transform not in ("identity", "log1p"):
+            raise c.fail(where, f"unknown transform {transform!r} (identity, log1p)")
+        fld = c.field(where, raw.get("field"), numeric=equals is None)
+        return FieldFeature(name, fld, transform, None if equals is None else str(equals))
+    if kind == "compare":
+        fields = raw.get("fields")
+        if not isinstance(fields, list) or len(fields) != 2:
+            raise c.fail(where, "a compare feature needs fields = [a, b]")
+        op = raw.get("op", "eq")
+        if op not in ("eq", "ne"):
+            raise c.fail(where, f"unknown op {op!r} (eq, ne)")
+        return CompareFeature(name, (c.field(where, fields[0]), c.field(where, fields[1])), op)
+    if kind == "window":
+        entity = raw.get("entity")
+        if isinstance(entity, str):
+            entity = [entity]
+        if not isinstance(entity, list) or not entity:
+            raise c.fail(where, "a window feature needs entity = [field, ...]")
+        ent = tuple(c.field(where, e) for e in entity)
+        agg = raw.get("agg")
+        if agg not in ("count", "sum", "mean"):
+            raise c.fail(where, f"unknown agg {agg!r} (count, sum, mean)")
+        fld = None
+        if agg != "count":
+            fld = c.field(where, raw.get("field"), numeric=True)
+        window = c.duration(where + " window", raw.get("window"))
+        bucket = c.duration(where + " bucket", raw.get("bucket", max(1, window // 12)))
+        if bucket > window:
+            raise c.fail(where, f"bucket {bucket}s is larger than its window {window}s")
+        if window % bucket:
+            raise c.fail(where, f"window {window}s is not a whole number of {bucket}s buckets")
+        return WindowFeature(name, ent, agg, window, bucket, fld)
+    raise c.fail(where, f"unknown kind {kind!r} (field, compare, window)")
+
+
+def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
+    """Read and validate a pipeline file; register its own event schema if it has one."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"pipeline file {path} does not exist: set STREAMING_PIPELINE") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{path}: not valid TOML: {exc}") from None
+
+    head = _table(raw, "pipeline", path)
+    name = head.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PipelineError(f"{path}: [pipeline] name must be an identifier, got {name!r}")
+
+    ev = _table(raw, "event", path)
+    subject = ev.get("schema")
+    if not isinstance(subject, str):
+        raise PipelineError(f"{path}: [event] schema must name a schema")
+    try:
+        if "schema_file" in ev:
+            if not isinstance(ev.get("schema_id"), int):
+                raise PipelineError(f"{path}: [event] schema_file needs an integer schema_id")
+            schema = registry.add_file(path.parent / ev["schema_file"], subject=subject, schema_id=ev["schema_id"])
+        else:
+            schema = registry.latest(subject)
+    except ConfigError as exc:
+        raise PipelineError(f"{path}: [event] {exc}") from None
+    c = _Checker(path, schema)
+    key = ev.get("key")
+    if isinstance(key, str):
+        key = [key]
+    if not isinstance(key, list) or not key:
+        raise c.fail("[event]", "key must list the entity key fields")
+    event = EventSpec(
+        schema=subject,
+        id_field=c.field("[event] id_field", ev.get("id_field", "event_id")),
+        time_field=c.field("[event] time_field", ev.get("time_field", "event_time"), numeric=True),
+        key=tuple(c.field("[event] key", k) for k in key),
+    )
+
+    feats_raw = raw.get("features")
+    if not isinstance(feats_raw, list) or not feats_raw:
+        raise PipelineError(f"{path}: declare at least one [[features]] entry")
+    features = tuple(_feature(c, i, f) for i, f in enumerate(feats_raw))
+    names = [f.name for f in features]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PipelineError(f"{path}: duplicate feature names: {', '.join(dupes)}")
+
+    m = _table(raw, "model", path)
+    inputs = m.get("inputs", names)
+    if not isinstance(inputs, list) or not inputs:
+        raise PipelineError(f"{path}: [model] inputs must list feature names")
+    unknown = [i for i in inputs if i not in names]
+    if unknown:
+        raise PipelineError(f"{path}: [model] inputs name unknown features: {', '.join(map(str, unknown))}")
+    model = ModelSpec(tuple(inputs), dict(m.get("train", {})))
+
+    lr = raw.get("learner", {"kind": "logistic_regression"})
+    if lr.get("kind") not in LEARNERS:
+        raise PipelineError(f"{path}: [learner] unknown kind {lr.get('kind')!r} ({', '.join(LEARNERS)})")
+    learner = LearnerSpec(lr["kind"], dict(lr.get("params", {})))
+
+    monitors = []
+    for i, mon in enumerate(raw.get("monitors", [])):
+        where = f"monitors[{i}]"
+        if mon.get("detector") not in DETECTORS:
+            raise c.fail(where, f"unknown detector {mon.get('detector')!r} ({', '.join(DETECTORS)})")
+        if mon.get("signal") not in SIGNALS:
+            raise c.fail(where, f"unknown signal {mon.get('signal')!r} ({', '.join(SIGNALS)})")
+        monitors.append(
+            MonitorSpec(
+                name=str(mon.get("name", f"{mon['detector']}_{mon['signal']}")),
+                detector=mon["detector"],
+                signal=mon["signal"],
+                params=dict(mon.get("params", {})),
+                cooldown_s=c.duration(where + " cooldown", mon.get("cooldown", "5m")),
+                severity=str(mon.get("severity", "warning")),
+            )
+        )
+
+    threshold = head.get("threshold", 0.5)
+    if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
+        raise PipelineError(f"{path}: [pipeline] threshold must be between 0 and 1, got {threshold!r}")
+    slo = head.get("slo_p99_ms", 50)
+    if not isinstance(slo, int | float) or slo <= 0:
+        raise PipelineError(f"{path}: [pipeline] slo_p99_ms must be a positive number, got {slo!r}")
+    return Pipeline(
+        name=name,
+        description=str(head.get("description", "")),
+        root=path.parent,
+        event=event,
+        features=features,
+        model=model,
+        learner=learner,
+        monitors=tuple(monitors),
+        threshold=float(threshold),
+        slo_p99_ms=float(slo),
+        generator=dict(raw.get("generator", {})),
+    )

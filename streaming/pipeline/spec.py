@@ -1,0 +1,138 @@
+"""What a pipeline declares: its event, features, model, learner, monitors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "EventSpec",
+    "FieldFeature",
+    "CompareFeature",
+    "WindowFeature",
+    "Feature",
+    "ModelSpec",
+    "LearnerSpec",
+    "MonitorSpec",
+    "Pipeline",
+    "parse_duration",
+]
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in a duration such as ``90s``, ``5m``, ``1h``, ``7d`` (a number is seconds).
+
+    >>> parse_duration("5m"), parse_duration("1h"), parse_duration(30)
+    (300.0, 3600.0, 30.0)
+    >>> parse_duration("5 parsecs")
+    Traceback (most recent call last):
+    ...
+    ValueError: bad duration '5 parsecs': use a number and one of ms, s, m, h, d (e.g. 5m)
+    """
+    if isinstance(text, int | float):
+        return float(text)
+    t = text.strip()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if t.endswith(unit):
+            number = t[: -len(unit)].strip()
+            try:
+                return float(number) * _UNITS[unit]
+            except ValueError:
+                break
+    raise ValueError(f"bad duration {text!r}: use a number and one of ms, s, m, h, d (e.g. 5m)")
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    schema: str  # subject in the schema registry
+    id_field: str
+    time_field: str  # epoch microseconds
+    key: tuple[str, ...]  # entity key fields, also the Kafka key
+
+
+@dataclass(frozen=True)
+class FieldFeature:
+    """A value of the event itself: numeric (optionally log1p), or 1.0 when it equals a constant."""
+
+    name: str
+    field: str
+    transform: Literal["identity", "log1p"] = "identity"
+    equals: str | None = None
+
+
+@dataclass(frozen=True)
+class CompareFeature:
+    """1.0 when two event fields compare true (``eq`` or ``ne``), else 0.0."""
+
+    name: str
+    fields: tuple[str, str]
+    op: Literal["eq", "ne"]
+
+
+@dataclass(frozen=True)
+class WindowFeature:
+    """An aggregate over the entity's events in the window ending at the event (see docs/features.md)."""
+
+    name: str
+    entity: tuple[str, ...]
+    agg: Literal["count", "sum", "mean"]
+    window_s: int
+    bucket_s: int
+    field: str | None = None
+
+    @property
+    def n_buckets(self) -> int:
+        return self.window_s // self.bucket_s
+
+
+Feature = FieldFeature | CompareFeature | WindowFeature
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    inputs: tuple[str, ...]
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    name: str
+    detector: str
+    signal: str  # "error" (|label - score|) or "score"
+    params: dict[str, Any] = field(default_factory=dict)
+    cooldown_s: float = 300.0
+    severity: str = "warning"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    description: str
+    root: Path
+    event: EventSpec
+    features: tuple[Feature, ...]
+    model: ModelSpec
+    learner: LearnerSpec
+    monitors: tuple[MonitorSpec, ...]
+    threshold: float
+    slo_p99_ms: float
+    generator: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window_features(self) -> tuple[WindowFeature, ...]:
+        return tuple(f for f in self.features if isinstance(f, WindowFeature))
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)

@@ -1,0 +1,183 @@
+"""The one settings object.
+
+This is the only module that reads the environment. Every setting has an
+environment variable ``STREAMING_<NAME>`` (upper case); :data:`FIELDS` lists
+them with their defaults and documentation, and ``docs/contract.md`` is written
+from the same table (a test checks that they agree).
+
+>>> s = Settings.from_env({"STREAMING_PRODUCER_LINGER_MS": "20"})
+>>> s.producer_linger_ms
+20.0
+>>> Settings.from_env({"STREAMING_PRODUCER_ACKS": "maybe"})
+Traceback (most recent call last):
+...
+streaming.errors.ConfigError: STREAMING_PRODUCER_ACKS='maybe' is not one of: 0, 1, all
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streaming.errors import ConfigError
+
+__all__ = ["PREFIX", "FIELDS", "Settings", "SettingDoc", "project_root"]
+
+PREFIX = "STREAMING_"
+
+
+def project_root() -> Path:
+    """The source tree that holds ``schemas/`` and ``models/``."""
+    return Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """How a setting is parsed and what it means."""
+
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+def _setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
+    return field(default=default, metadata={"doc": SettingDoc(doc, choices, minimum)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings of the worker and the commands, built once at start-up."""
+
+    # -- where things are
+    broker_url: str = _setting(
+        "",
+        "Kafka bootstrap servers (host:port[,host:port]). Empty: the embedded broker started by `streaming up`.",
+    )
+    redis_url: str = _setting(
+        "",
+        "Redis URL. Empty: the Redis recorded by `streaming up` (redis://127.0.0.1:6379/0 when it answers, "
+        "else a private redis-server).",
+    )
+    run_dir: str = _setting(".streaming", "Directory for the embedded stack's pids, ports, logs and the demo's report.")
+    pipeline: str = _setting("models/fraud/pipeline.toml", "The pipeline file the worker serves.")
+    models_dir: str = _setting("models", "Model registry root: models/<pipeline>/<version>/model.onnx.")
+    schemas_dir: str = _setting("schemas", "Directory of Avro schemas and registry.json.")
+    # -- topics
+    topic_events: str = _setting("events", "Input events topic.")
+    topic_predictions: str = _setting("predictions", "Predictions topic.")
+    topic_labels: str = _setting("labels", "Ground-truth labels topic.")
+    topic_retrain: str = _setting("retrain-requests", "Retrain requests topic.")
+    topic_dlq: str = _setting("events-dlq", "Dead letters (original bytes, reason in headers).")
+    topic_partitions: int = _setting(
+        1,
+        "Partitions for topics the system creates. Raise it to spread a topic over several workers; on the embedded "
+        "broker (Tansu) every partition adds produce batches, and its cost grows with the batches it stores.",
+        minimum=1,
+    )
+    # -- worker and Kafka clients
+    app_id: str = _setting("streaming-worker", "Faust app id (the consumer group).")
+    consumer_fetch_max_wait_ms: int = _setting(
+        5,
+        "Worker consumer fetch max wait. Faust hardcodes 1500 ms; on Tansu it bounds latency directly. Never 0.",
+        minimum=1,
+    )
+    producer_linger_ms: float = _setting(
+        1.0,
+        "Worker producer linger in ms. A batch's records are sent together, so a short linger already batches them.",
+        minimum=0,
+    )
+    producer_acks: str = _setting("all", "Worker producer acks.", choices=("0", "1", "all"))
+    session_timeout_s: float = _setting(
+        6.0, "Consumer group session timeout; the group join on Tansu takes half of it.", minimum=1
+    )
+    commit_interval_s: float = _setting(1.0, "How often acknowledged offsets are committed.", minimum=0.05)
+    batch_max_rows: int = _setting(512, "Score agent micro-batch: most events per batch.", minimum=1)
+    batch_max_wait_ms: float = _setting(5.0, "Score agent micro-batch: longest wait to fill a batch.", minimum=0.1)
+    log_level: str = _setting("info", "Worker log level.", choices=("crit", "error", "warn", "info", "debug"))
+    # -- serving
+    onnx_provider: str = _setting(
+        "auto", "ONNX Runtime provider: auto (CUDA when it can load), cpu or cuda.", choices=("auto", "cpu", "cuda")
+    )
+    onnx_threads: int = _setting(1, "ONNX Runtime intra-op threads.", minimum=1)
+    feature_log_ttl_s: int = _setting(86400, "How long the served feature vectors are kept for the label join.", minimum=1)
+    dedupe_ttl_s: int = _setting(86400, "How long applied event ids are remembered (feature idempotency).", minimum=1)
+    challenger: bool = _setting(True, "Score each event with the online learner too (challenger_score).")
+    # -- observability
+    metrics_host: str = _setting("127.0.0.1", "Bind address of the worker's /metrics endpoint.")
+    metrics_port: int = _setting(9464, "Port of the worker's /metrics endpoint (0 disables it).", minimum=0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build the settings from ``STREAMING_*`` variables; ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = PREFIX + f.name.upper()
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif var in env:
+                values[f.name] = _parse(var, env[var], f)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def path(self, value: str) -> Path:
+        """Resolve a path setting: absolute, relative to the cwd, or to the source tree."""
+        p = Path(value).expanduser()
+        if p.is_absolute() or p.exists():
+            return p
+        alt = project_root() / p
+        return alt if alt.exists() else p
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir).expanduser().resolve()
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {
+            "events": self.topic_events,
+            "predictions": self.topic_predictions,
+            "labels": self.topic_labels,
+            "retrain": self.topic_retrain,
+            "dlq": self.topic_dlq,
+        }
+
+
+FIELDS: dict[str, SettingDoc] = {f.name: f.metadata["doc"] for f in dataclasses.fields(Settings)}
+
+
+def _parse(var: str, raw: str, f: dataclasses.Field[Any]) -> Any:
+    doc: SettingDoc = f.metadata["doc"]
+    text = raw.strip()
+    value: Any
+    if f.type in ("int", int):
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not an integer") from None
+    elif f.type in ("float", float):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not a number") from None
+    elif f.type in ("bool", bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            value = True
+        elif lowered in ("0", "false", "no", "off"):
+            value = False
+        else:
+            raise ConfigError(f"{var}={raw!r} is not a boolean (use true or false)")
+    else:
+        value = text
+    if doc.choices and value not in doc.choices:
+        raise ConfigError(f"{var}={raw!r} is not one of: {', '.join(doc.choices)}")
+    if doc.minimum is not None and value < doc.minimum:
+        raise ConfigError(f"{var}={raw!r} must be at least {doc.minimum:g}")
+    return value

@@ -1,0 +1,1 @@
+"""The worker's steps (score, learn), its runtime and its Faust transport."""

@@ -1,0 +1,184 @@
+"""The score step: decode, features, inference, predictions (one micro-batch).
+
+Bad input becomes a dead letter with its reason; a failing model falls back
+to the online learner (flagged); a failing feature store is retried with
+backoff, which blocks the agent and so pauses consumption (nothing is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streaming.events.codec import DecodeError
+from streaming.events.deadletter import DeadLetter
+from streaming.events.producer import entity_key
+from streaming.features.store import ServedVector, WindowResult
+from streaming.worker.records import InRecord, OutRecord
+from streaming.worker.runtime import Runtime
+
+__all__ = ["ScoreProcessor", "ScoredBatch"]
+
+log = logging.getLogger(__name__)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class ScoredBatch:
+    out: list[OutRecord]
+    produced_ms: list[int]  # Kafka timestamps of the scored events (for e2e latency)
+    scored: int
+    deadletters: int
+    duplicates: int
+
+
+def dead_letter(rec: InRecord, stage: str, exc: BaseException) -> DeadLetter:
+    return DeadLetter(
+        rec.key, rec.value, rec.topic, rec.partition, rec.offset, rec.timestamp_ms, stage, type(exc).__name__, str(exc)
+    )
+
+
+class ScoreProcessor:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.subject = rt.pipeline.event.schema
+        self.topic_predictions = rt.settings.topic_predictions
+        self.topic_dlq = rt.settings.topic_dlq
+        self.threshold = rt.pipeline.threshold
+        self.names = rt.vectors.names
+        self.max_backoff_s = 5.0
+
+    def _dlq(self, rec: InRecord, stage: str, exc: BaseException) -> OutRecord:
+        dl = dead_letter(rec, stage, exc)
+        self.rt.metrics.deadletters.labels(stage).inc()
+        self.rt.metrics.events.labels("deadletter").inc()
+        return OutRecord(self.topic_dlq, rec.key, rec.value, dl.headers())
+
+    def _check(self, ev: dict[str, Any]) -> None:
+        t = ev[self.rt.pipeline.event.time_field]
+        if not isinstance(t, int) or t <= 0:
+            raise DecodeError(f"{self.rt.pipeline.event.time_field} must be positive epoch microseconds, got {t!r}")
+        for f in self.rt.pipeline.window_features:
+            if f.field is not None and not math.isfinite(float(ev[f.field] or 0.0)):
+                raise DecodeError(f"{f.field} is not a finite number: {ev[f.field]!r}")
+
+    async def _windows(self, events: list[dict[str, Any]]) -> list[WindowResult]:
+        delay = 0.05
+        while True:
+            t0 = time.perf_counter()
+            try:
+                result = await self.rt.store.update_and_read(events)
+                self.rt.metrics.store_seconds.labels("update_and_read").observe(time.perf_counter() - t0)
+                return result
+            except Exception as exc:  # redis raises several types; all mean "retry"
+                self.rt.metrics.store_errors.labels("update_and_read").inc()
+                log.warning("feature store failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    def _scores(self, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        reasons: list[str | None] = [None] * len(X)
+        try:
+            scores = self.rt.model.predict(X).astype(np.float64)
+        except Exception as exc:
+            log.error("inference failed (%s: %s); using the online learner", type(exc).__name__, exc)
+            scores = np.full(len(X), np.nan)
+            reasons = ["inference_error"] * len(X)
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            for i in np.flatnonzero(bad):
+                reasons[i] = reasons[i] or "nan_score"
+                scores[i] = self._learner_score(X[i])
+                self.rt.metrics.fallback.labels(reasons[i]).inc()
+        return scores, reasons
+
+    def _learner_score(self, row: np.ndarray) -> float:
+        proba = self.rt.learner.predict_proba_one(dict(zip(self.names, row.tolist(), strict=True)))
+        return float(proba.get(True, 0.0))
+
+    async def process(self, records: Sequence[InRecord]) -> ScoredBatch:
+        rt = self.rt
+        m = rt.metrics
+        out: list[OutRecord] = []
+        good: list[tuple[InRecord, dict[str, Any]]] = []
+        t0 = time.perf_counter()
+        for rec in records:
+            try:
+                ev = rt.codec.decode(self.subject, rec.value)
+                self._check(ev)
+                good.append((rec, ev))
+            except (DecodeError, KeyError, TypeError, ValueError) as exc:
+                out.append(self._dlq(rec, "decode", exc))
+        m.stage.labels("decode").observe(time.perf_counter() - t0)
+        n_dlq = len(out)
+        if not good:
+            return ScoredBatch(out, [], 0, n_dlq, 0)
+
+        events = [ev for _, ev in good]
+        t1 = time.perf_counter()
+        windows = await self._windows(events)
+        features_at = _now_us()
+        m.stage.labels("features").observe(time.perf_counter() - t1)
+
+        X = rt.vectors.matrix(events, [w.values for w in windows])
+        started = _now_us()
+        t2 = time.perf_counter()
+        scores, reasons = self._scores(X)
+        predicted_at = _now_us()
+        m.stage.labels("inference").observe(time.perf_counter() - t2)
+        m.batch_size.observe(len(events))
+
+        spec = rt.pipeline.event
+        tag = rt.model.tag
+        served: list[ServedVector] = []
+        produced: list[int] = []
+        duplicates = 0
+        challenger = rt.settings.challenger
+        for i, ((rec, ev), w) in enumerate(zip(good, windows, strict=True)):
+            score = float(scores[i])
+            flags = [] if w.applied else ["redelivered"]
+            if not w.applied:
+                duplicates += 1
+            eid = str(ev[spec.id_field])
+            pred = {
+                "event_id": eid,
+                "key": entity_key(ev, spec.key),
+                "model": rt.pipeline.name,
+                "model_version": tag,
+                "score": score,
+                "decision": score >= self.threshold,
+                "challenger_score": self._learner_score(X[i]) if challenger else None,
+                "fallback": reasons[i],
+                "flags": flags,
+                "event_time": int(ev[spec.time_field]),
+                "produced_at": (rec.timestamp_ms or 0) * 1000,
+                "received_at": rec.received_us,
+                "features_at": features_at,
+                "inference_started_at": started,
+                "predicted_at": predicted_at,
+                "batch_size": len(events),
+            }
+            out.append(OutRecord(self.topic_predictions, rec.key, rt.codec.encode("prediction", pred)))
+            served.append(ServedVector(eid, X[i].tolist(), tag, score, pred["event_time"]))
+            produced.append(rec.timestamp_ms or 0)
+        try:
+            t3 = time.perf_counter()
+            await rt.store.log_served(served)
+            m.store_seconds.labels("log_served").observe(time.perf_counter() - t3)
+        except Exception as exc:  # the feature log is best effort: the prediction still goes out
+            m.store_errors.labels("log_served").inc()
+            log.warning("feature log write failed (%s: %s)", type(exc).__name__, exc)
+        m.events.labels("scored").inc(len(good))
+        if duplicates:
+            m.events.labels("duplicate").inc(duplicates)
+        return ScoredBatch(out, produced, len(good), n_dlq, duplicates)
