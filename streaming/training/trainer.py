@@ -23,6 +23,7 @@ class TrainedModel:
     onnx_bytes: bytes
     metrics: dict[str, float]
     params: dict[str, Any]
+    estimator: Any  # the fitted scikit-learn pipeline the ONNX graph was exported from
 
 
 def _split(ds: Dataset, holdout: float) -> tuple[np.ndarray, ...]:
@@ -92,4 +93,5 @@ def train_mlp(
         onnx_bytes=onx.SerializeToString(),
         metrics=metrics,
         params={"hidden": list(hidden), "seed": seed, "max_iter": max_iter, "holdout": holdout},
+        estimator=model,
     )
