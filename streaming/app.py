@@ -81,16 +81,17 @@ def create_app(rt: Runtime) -> StreamingApp:
         stream_wait_empty=False,
     )
     app.fetch_max_wait_ms = s.consumer_fetch_max_wait_ms
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(s.topic_events, **raw)
-    labels_topic = app.topic(s.topic_labels, **raw)
+    events_topic = app.topic(s.topic_events, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw")
+    labels_topic = app.topic(s.topic_labels, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw")
     scorer = ScoreProcessor(rt)
     learner = LabelProcessor(rt)
     within = s.batch_max_wait_ms / 1000.0
     rt.metrics.batch_target.set(s.batch_max_rows)
 
     @app.agent(events_topic, name="score")
-    async def score(stream: faust.StreamT) -> None:
+    async def score(stream: Any) -> None:  # a faust Stream (StreamT lacks take_events)
         async for events in stream.take_events(s.batch_max_rows, within=within):
             batch = await scorer.process(_records(events))
             t0 = time.perf_counter()
@@ -99,7 +100,7 @@ def create_app(rt: Runtime) -> StreamingApp:
             _observe_e2e(rt.metrics, batch.produced_ms)
 
     @app.agent(labels_topic, name="learn")
-    async def learn(stream: faust.StreamT) -> None:
+    async def learn(stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.05):
             batch = await learner.process(_records(events))
             await _send_all(app, batch.out)

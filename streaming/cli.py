@@ -38,6 +38,12 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _text(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value or ""
+
+
 def _settings() -> Settings:
     return Settings.from_env()
 
@@ -152,7 +158,7 @@ def produce(source: str | None, topic: str | None, subject: str | None, fmt: str
         return
     if source is None:
         raise UserError("give a SOURCE file (or - for stdin), or --synthetic")
-    stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    stream = sys.stdin.buffer if source == "-" else open(source, "rb")
     bad = 0
     with stream:
         for lineno, line in enumerate(stream, 1):
@@ -216,8 +222,9 @@ def consume(topic: str, start: str, max_records: int, timeout: float) -> None:
                         out["undecodable"] = str(exc)
                 else:
                     out["value"] = (msg.value() or b"").decode("utf-8", "replace")
-                if msg.headers():
-                    out["headers"] = {k: v.decode("utf-8", "replace") for k, v in msg.headers()}
+                headers = msg.headers()
+                if isinstance(headers, list) and headers:
+                    out["headers"] = {k: _text(v) for k, v in headers}
                 click.echo(orjson.dumps(out).decode())
                 n += 1
                 if max_records and n >= max_records:

@@ -54,11 +54,11 @@ class ReferenceStore:
                 c = s = 0.0
                 top = bidx[r.group - 1]
                 for b in range(top - r.n_buckets + 1, top + 1):
-                    tile = self._tiles.get((r.group - 1, ent, b))
-                    if tile is None:
+                    found = self._tiles.get((r.group - 1, ent, b))
+                    if found is None:
                         continue
-                    c += tile.get("n", 0.0)
-                    s += tile.get(f"s{r.field_slot}", 0.0)
+                    c += found.get("n", 0.0)
+                    s += found.get(f"s{r.field_slot}", 0.0)
                 row.append(c if r.agg == "c" else s if r.agg == "s" else (s / c if c > 0 else 0.0))
             out.append(row)
         return out

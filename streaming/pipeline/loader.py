@@ -86,8 +86,8 @@ def _feature(c: _Checker, i: int, raw: dict[str, Any]) -> Feature:
         transform = raw.get("transform", "identity")
         if transform not in ("identity", "log1p"):
             raise c.fail(where, f"unknown transform {transform!r} (identity, log1p)")
-        fld = c.field(where, raw.get("field"), numeric=equals is None)
-        return FieldFeature(name, fld, transform, None if equals is None else str(equals))
+        source = c.field(where, raw.get("field"), numeric=equals is None)
+        return FieldFeature(name, source, transform, None if equals is None else str(equals))
     if kind == "compare":
         fields = raw.get("fields")
         if not isinstance(fields, list) or len(fields) != 2:
@@ -106,7 +106,7 @@ def _feature(c: _Checker, i: int, raw: dict[str, Any]) -> Feature:
         agg = raw.get("agg")
         if agg not in ("count", "sum", "mean"):
             raise c.fail(where, f"unknown agg {agg!r} (count, sum, mean)")
-        fld = None
+        fld: str | None = None
         if agg != "count":
             fld = c.field(where, raw.get("field"), numeric=True)
         window = c.duration(where + " window", raw.get("window"))

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streaming.drift.monitor import DriftMonitor
+from streaming.errors import ModelError
 from streaming.events.codec import Codec
 from streaming.events.schemas import SchemaRegistry
 from streaming.events.topics import ensure_topics
 from streaming.features.store import FeatureStore, RedisFeatureStore
 from streaming.features.vector import VectorBuilder
-from streaming.errors import ModelError
 from streaming.inference.registry import ModelRegistry
 from streaming.inference.session import OnnxModel
 from streaming.infra.stack import check_broker, check_redis, resolve_endpoints

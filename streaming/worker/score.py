@@ -169,7 +169,7 @@ class ScoreProcessor:
                 "batch_size": len(events),
             }
             out.append(OutRecord(self.topic_predictions, rec.key, rt.codec.encode("prediction", pred)))
-            served.append(ServedVector(eid, X[i].tolist(), tag, score, pred["event_time"]))
+            served.append(ServedVector(eid, X[i].tolist(), tag, score, int(ev[spec.time_field])))
             produced.append(rec.timestamp_ms or 0)
         try:
             t3 = time.perf_counter()

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from streaming.errors import UnreachableError
 from streaming.infra.processes import pid_alive, port_open
 from streaming.infra.stack import Stack, StackState, check_broker, resolve_endpoints
-from streaming.errors import UnreachableError
 from streaming.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,89 @@
+"""The command line as a new user meets it: help, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streaming.settings import project_root
+from tests.conftest import Servers, worker_env
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMING_")}
+    return subprocess.run([sys.executable, "-m", "streaming", *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, timeout=timeout, cwd=project_root())
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_help_lists_the_commands() -> None:
+    done = run("--help")
+    assert done.returncode == 0
+    for cmd in ("up", "down", "status", "worker", "produce", "consume", "train", "models", "demo"):
+        assert f"  {cmd} " in done.stdout
+
+
+def test_worker_with_the_broker_down(tmp_path: Path) -> None:
+    done = run("worker", env={"STREAMING_BROKER_URL": "127.0.0.1:1", "STREAMING_RUN_DIR": str(tmp_path)})
+    assert_one_line_error(done, 3, "127.0.0.1:1", "does not answer", "streaming up")
+
+
+def test_worker_without_any_broker_configured(tmp_path: Path) -> None:
+    done = run("worker", env={"STREAMING_RUN_DIR": str(tmp_path)})
+    assert_one_line_error(done, 3, "no Kafka broker configured", "streaming up")
+
+
+def test_worker_with_a_pipeline_naming_an_unknown_field(tmp_path: Path) -> None:
+    text = (project_root() / "models" / "fraud" / "pipeline.toml").read_text()
+    bad = tmp_path / "pipeline.toml"
+    bad.write_text(text.replace('field = "amount"\ntransform', 'field = "amt"\ntransform'))
+    done = run("worker", env={"STREAMING_PIPELINE": str(bad), "STREAMING_BROKER_URL": "127.0.0.1:1"})
+    assert_one_line_error(done, 2, str(bad), "unknown field 'amt'")
+
+
+def test_a_bad_setting(tmp_path: Path) -> None:
+    done = run("worker", env={"STREAMING_PRODUCER_ACKS": "most"})
+    assert_one_line_error(done, 2, "STREAMING_PRODUCER_ACKS='most'", "0, 1, all")
+
+
+@pytest.mark.integration
+def test_worker_with_no_model(servers: Servers, tmp_path: Path) -> None:
+    done = run("worker", env=worker_env(servers, tmp_path / "empty"))
+    assert_one_line_error(done, 2, "no model for pipeline 'fraud'", "streaming train")
+
+
+@pytest.mark.integration
+def test_worker_with_redis_down(servers: Servers, tmp_path: Path) -> None:
+    env = worker_env(servers, tmp_path, STREAMING_REDIS_URL="redis://127.0.0.1:1/0")
+    done = run("worker", env=env)
+    assert_one_line_error(done, 3, "Redis at redis://127.0.0.1:1/0 does not answer")
+
+
+def test_status_when_nothing_runs(tmp_path: Path) -> None:
+    done = run("status", env={"STREAMING_RUN_DIR": str(tmp_path)})
+    assert done.returncode == 1 and "streaming up" in done.stdout
+
+
+def test_produce_reports_bad_lines(servers: Servers, tmp_path: Path) -> None:
+    env = worker_env(servers, tmp_path)
+    good = {"event_id": "p1", "card_id": "c", "merchant_id": "m", "amount": 1.0, "country": "US",
+            "card_country": "US", "channel": "pos", "mcc": "x", "event_time": 1}
+    src = tmp_path / "events.jsonl"
+    src.write_text(json.dumps(good) + "\n" + '{"event_id": "p2"}\n' + "not json\n")
+    done = run("produce", str(src), env=env)
+    assert done.returncode == 1
+    assert "line 2: skipped" in done.stderr and "line 3: skipped" in done.stderr
+    assert "produced 1 records" in done.stderr

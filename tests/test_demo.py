@@ -1,0 +1,34 @@
+"""The main job, shortened: every event produced comes back as exactly one prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streaming.settings import project_root
+from tests.conftest import Servers
+
+pytestmark = pytest.mark.integration
+
+
+def test_short_demo(servers: Servers, models_dir: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMING_")}
+    env.update({"STREAMING_RUN_DIR": str(tmp_path), "STREAMING_MODELS_DIR": str(models_dir),
+                "STREAMING_REDIS_URL": servers.redis_url})
+    done = subprocess.run([sys.executable, "-m", "streaming", "demo", "--duration", "12", "--rate", "300",
+                           "--label-delay", "1"], capture_output=True, text=True, env=env, timeout=240,
+                          cwd=project_root())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo-summary.json").read_text())
+    assert summary["predictions_received"] == summary["events_produced"] > 2000
+    assert summary["missing_predictions"] == 0 and summary["duplicate_predictions"] == 0
+    assert summary["dead_letters"] == summary["malformed_records_sent"] == 4
+    assert summary["labels_joined"] == summary["labels_published"] == summary["events_produced"]
+    assert "=== streaming demo summary ===" in done.stdout
+    assert (tmp_path / "demo-summary.txt").exists()
+    assert not (tmp_path / "stack.json").exists()  # the demo stopped the broker it started
