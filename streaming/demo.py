@@ -10,6 +10,7 @@ stops everything it started.
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -75,8 +76,15 @@ def count_records(bootstrap: str, topic: str, since_ms: int, idle_s: float = 1.0
         reader.close()
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: float, seed: int,
              report: Path | None = None) -> bool:
+    # Ctrl-C and SIGTERM stop everything the demo started (even when SIGINT was ignored on entry)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     say = lambda m: tqdm.write(f"demo: {m}")  # noqa: E731
     stack: Stack | None = None
     worker: WorkerProcess | None = None
@@ -110,7 +118,8 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
         env = {"STREAMING_BROKER_URL": bootstrap, "STREAMING_REDIS_URL": redis_url,
                "STREAMING_METRICS_PORT": str(metrics_port), "STREAMING_RUN_DIR": str(run_dir)}
         say("starting the worker (joining the consumer group takes a few seconds)")
-        worker = WorkerProcess(env, run_dir / "demo-worker.log").start()
+        worker = WorkerProcess(env, run_dir / "demo-worker.log")
+        worker.start()
         collector = PredictionCollector(bootstrap, settings.topic_predictions, codec,
                                         since_us=started_ms * 1000).start()
 

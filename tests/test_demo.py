@@ -32,3 +32,33 @@ def test_short_demo(servers: Servers, models_dir: Path, tmp_path: Path) -> None:
     assert "=== streaming demo summary ===" in done.stdout
     assert (tmp_path / "demo-summary.txt").exists()
     assert not (tmp_path / "stack.json").exists()  # the demo stopped the broker it started
+
+
+def test_interrupt_stops_everything(servers: Servers, models_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from streaming.infra.stack import StackState
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMING_")}
+    env.update({"STREAMING_RUN_DIR": str(tmp_path), "STREAMING_MODELS_DIR": str(models_dir),
+                "STREAMING_REDIS_URL": servers.redis_url})
+    proc = subprocess.Popen([sys.executable, "-m", "streaming", "demo", "--duration", "60", "--rate", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=project_root())
+    deadline = time.monotonic() + 60
+    state = StackState.load(tmp_path)
+    while time.monotonic() < deadline and not (tmp_path / "demo-worker.log").exists():
+        time.sleep(0.2)
+        state = StackState.load(tmp_path)
+    broker = state.services["broker"]
+    time.sleep(8)  # the worker is starting or running
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert b"interrupted; stopping" in out
+    from streaming.infra.processes import pid_alive
+
+    assert broker.pid is not None and not pid_alive(broker.pid)
+    assert not (tmp_path / "stack.json").exists()
+    worker_pid = int((tmp_path / "demo-worker.pid").read_text())
+    assert not pid_alive(worker_pid)

@@ -29,6 +29,7 @@ class WorkerProcess:
     def start(self, ready_timeout: float = 90.0) -> WorkerProcess:
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = spawn([sys.executable, "-m", "streaming", "worker"], self.log_path, tie_to_parent=True, env=self.env)
+        self.log_path.with_suffix(".pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
