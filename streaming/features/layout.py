@@ -1,95 +1,153 @@
-"""How window features map to tiles (per-entity, per-bucket partial aggregates).
+"""How window features map onto per-entity state (the plan the store and the reference share).
 
-Window features that share an entity and a bucket size share one tile: a Redis
-hash per (entity value, bucket size, bucket index) holding the event count
-``n`` and one sum per aggregated field. The store and the reference
-implementation both follow this plan, so they cannot disagree on semantics.
+Each entity value (e.g. one card) has one Redis hash. Window features of that
+entity that share a bucket size form a *tile group*; a group keeps, per
+bucket, the count ``n`` and the partial aggregates its features need (sum,
+sum of squares, min, max per field). Distinct counts use one HyperLogLog per
+bucket. ``last`` and ``seconds_since_last`` read the entity's latest event.
+See docs/features.md for the semantics.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from streaming.pipeline.spec import Pipeline, WindowFeature
 
-__all__ = ["TileGroup", "WindowRead", "WindowPlan", "LATENESS_S"]
+__all__ = ["TileGroup", "WindowRead", "WindowPlan", "AGG_CODES"]
 
-#: Extra time a tile is kept after its window closed (allowed lateness).
-LATENESS_S = 60
+#: one-letter codes of the aggregations in the plan (and in window.lua)
+AGG_CODES = {
+    "count": "c",
+    "sum": "s",
+    "mean": "m",
+    "min": "i",
+    "max": "x",
+    "stddev": "v",
+    "distinct": "d",
+    "last": "l",
+    "seconds_since_last": "t",
+}
 
 
 @dataclass(frozen=True)
 class TileGroup:
-    entity: tuple[str, ...]
-    entity_slot: int
+    entity_slot: int  # 1-based
     bucket_s: int
-    field_slots: tuple[int, ...]
-    ttl_s: int
-
-    @property
-    def tag(self) -> str:
-        return "+".join(self.entity)
+    horizon_s: int  # the longest window of the group
+    keep: int  # buckets kept behind the newest one (horizon + lateness)
+    sums: tuple[int, ...]  # numeric field slots whose sums are kept
+    squares: tuple[int, ...]
+    mins: tuple[int, ...]
+    maxes: tuple[int, ...]
+    hlls: tuple[int, ...]  # distinct field slots
 
 
 @dataclass(frozen=True)
 class WindowRead:
     name: str
-    group: int
+    code: str
+    entity_slot: int
+    group: int  # 1-based; 0 for last / seconds_since_last
     n_buckets: int
-    agg: str  # "c" count, "s" sum, "m" mean
-    field_slot: int  # 0 for count
+    field_slot: int  # numeric slot, or distinct slot for "d"; 0 when none
+    window_s: int
 
 
 class WindowPlan:
-    """The tile groups and reads of a pipeline's window features."""
+    """The entities, field slots, tile groups and reads of a pipeline's window features."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         feats: tuple[WindowFeature, ...] = pipeline.window_features
+        self.lateness_s = pipeline.lateness_s
         self.entities: list[tuple[str, ...]] = list(dict.fromkeys(f.entity for f in feats))
-        self.fields: list[str] = list(dict.fromkeys(f.field for f in feats if f.field is not None))
-        groups: dict[tuple[tuple[str, ...], int], dict[str, Any]] = {}
+        self.numeric: list[str] = list(
+            dict.fromkeys(f.field for f in feats if f.field is not None and f.agg != "distinct")
+        )
+        self.distinct: list[str] = list(dict.fromkeys(f.field for f in feats if f.field is not None and f.agg == "distinct"))
+        bucketed = [f for f in feats if f.agg not in ("last", "seconds_since_last")]
+        keys = list(dict.fromkeys((f.entity, f.bucket_s) for f in bucketed))
+        self.groups: list[TileGroup] = []
+        for ent, b in keys:
+            members = [f for f in bucketed if (f.entity, f.bucket_s) == (ent, b)]
+            horizon = max(f.window_s for f in members)
+
+            def slots(aggs: tuple[str, ...], members: list[WindowFeature] = members) -> tuple[int, ...]:
+                return tuple(sorted({self.numeric.index(f.field) + 1 for f in members
+                                     if f.agg in aggs and f.field is not None}))
+
+            self.groups.append(
+                TileGroup(
+                    entity_slot=self.entities.index(ent) + 1,
+                    bucket_s=b,
+                    horizon_s=horizon,
+                    keep=math.ceil((horizon + self.lateness_s) / b) + 1,
+                    sums=slots(("sum", "mean", "stddev")),
+                    squares=slots(("stddev",)),
+                    mins=slots(("min",)),
+                    maxes=slots(("max",)),
+                    hlls=tuple(sorted({self.distinct.index(f.field) + 1 for f in members
+                                       if f.agg == "distinct" and f.field is not None})),
+                )
+            )
+        self.reads: list[WindowRead] = []
         for f in feats:
-            g = groups.setdefault((f.entity, f.bucket_s), {"fields": [], "window": 0})
-            if f.field is not None and f.field not in g["fields"]:
-                g["fields"].append(f.field)
-            g["window"] = max(g["window"], f.window_s)
-        self.groups = [
-            TileGroup(
-                entity=ent,
-                entity_slot=self.entities.index(ent) + 1,
-                bucket_s=b,
-                field_slots=tuple(self.fields.index(x) + 1 for x in g["fields"]),
-                ttl_s=g["window"] + b + LATENESS_S,
-            )
-            for (ent, b), g in groups.items()
-        ]
-        index = {(g.entity, g.bucket_s): i for i, g in enumerate(self.groups)}
-        self.reads = [
-            WindowRead(
-                name=f.name,
-                group=index[(f.entity, f.bucket_s)] + 1,
-                n_buckets=f.n_buckets,
-                agg={"count": "c", "sum": "s", "mean": "m"}[f.agg],
-                field_slot=0 if f.field is None else self.fields.index(f.field) + 1,
-            )
-            for f in feats
-        ]
+            code = AGG_CODES[f.agg]
+            ent_slot = self.entities.index(f.entity) + 1
+            if code in ("l", "t"):
+                slot = self.numeric.index(f.field) + 1 if f.field is not None else 0
+                self.reads.append(WindowRead(f.name, code, ent_slot, 0, 0, slot, f.window_s))
+                continue
+            group = keys.index((f.entity, f.bucket_s)) + 1
+            if f.field is None:
+                slot = 0
+            elif code == "d":
+                slot = self.distinct.index(f.field) + 1
+            else:
+                slot = self.numeric.index(f.field) + 1
+            self.reads.append(WindowRead(f.name, code, ent_slot, group, f.n_buckets, slot, f.window_s))
+        # per entity: the numeric slots whose latest value is kept, whether the latest time is kept
+        self.last_slots: list[tuple[int, ...]] = []
+        self.tracks_last: list[bool] = []
+        self.entity_ttl: list[int] = []
+        for i in range(len(self.entities)):
+            reads = [r for r in self.reads if r.entity_slot == i + 1]
+            self.last_slots.append(tuple(sorted({r.field_slot for r in reads if r.code == "l"})))
+            self.tracks_last.append(any(r.code in ("l", "t") for r in reads))
+            spans = [g.horizon_s + g.bucket_s for g in self.groups if g.entity_slot == i + 1]
+            spans += [r.window_s for r in reads if r.code in ("l", "t")]
+            self.entity_ttl.append(max(spans) + self.lateness_s)
 
     def entity_values(self, event: dict[str, Any]) -> list[str]:
         return ["|".join(str(event[k]) for k in ent) for ent in self.entities]
 
-    def field_values(self, event: dict[str, Any]) -> list[float]:
-        return [float(event[f] or 0.0) for f in self.fields]
+    def numeric_values(self, event: dict[str, Any]) -> list[float]:
+        return [float(event[f] or 0.0) for f in self.numeric]
+
+    def distinct_values(self, event: dict[str, Any]) -> list[str]:
+        return [str(event[f]) for f in self.distinct]
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as the Lua script reads it (1-based slots)."""
+        """The plan as window.lua reads it (1-based slots)."""
         return {
             "ne": len(self.entities),
-            "nf": len(self.fields),
+            "nn": len(self.numeric),
+            "nh": len(self.distinct),
+            "late": self.lateness_s,
+            "ents": [
+                {"tag": "+".join(ent), "ttl": ttl, "last": last, "lf": list(lf)}
+                for ent, ttl, last, lf in zip(self.entities, self.entity_ttl, self.tracks_last, self.last_slots,
+                                              strict=True)
+            ],
             "groups": [
-                {"e": g.entity_slot, "b": g.bucket_s, "t": g.ttl_s, "f": list(g.field_slots), "tag": g.tag}
+                {"e": g.entity_slot, "b": g.bucket_s, "keep": g.keep, "t": g.horizon_s + g.bucket_s + self.lateness_s,
+                 "s": list(g.sums), "q": list(g.squares), "m": list(g.mins), "M": list(g.maxes), "h": list(g.hlls)}
                 for g in self.groups
             ],
-            "reads": [{"g": r.group, "n": r.n_buckets, "a": r.agg, "f": r.field_slot} for r in self.reads],
+            "reads": [
+                {"a": r.code, "e": r.entity_slot, "g": r.group, "n": r.n_buckets, "f": r.field_slot, "w": r.window_s}
+                for r in self.reads
+            ],
         }

@@ -27,7 +27,12 @@ _SCRIPT = (Path(__file__).parent / "window.lua").read_text()
 @dataclass(frozen=True)
 class WindowResult:
     values: list[float]  # in the order of pipeline.window_features
-    applied: bool  # False: the event id was applied before (a redelivery)
+    applied: bool  # the event changed the aggregates (False: a redelivery, or late)
+    late: bool = False  # older than the watermark minus the allowed lateness: not applied
+
+    @classmethod
+    def from_status(cls, values: list[float], status: int) -> WindowResult:
+        return cls(values, status == 1, status >= 2)
 
 
 @dataclass(frozen=True)
@@ -39,14 +44,17 @@ class ServedVector:
     model_version: str
     score: float
     event_time: int
+    feature_spec: str = ""  # VectorBuilder.spec_version of the features that built x
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"x": self.x, "v": self.model_version, "s": self.score, "t": self.event_time})
+        return orjson.dumps(
+            {"x": self.x, "v": self.model_version, "s": self.score, "t": self.event_time, "f": self.feature_spec}
+        )
 
     @classmethod
     def from_bytes(cls, event_id: str, data: bytes) -> ServedVector:
         d = orjson.loads(data)
-        return cls(event_id, d["x"], d["v"], d["s"], d["t"])
+        return cls(event_id, d["x"], d["v"], d["s"], d["t"], d.get("f", ""))
 
 
 class FeatureStore(Protocol):
@@ -95,14 +103,15 @@ class RedisFeatureStore:
             args.append(str(ev[spec.id_field]))
             args.append(int(ev[spec.time_field]) // 1_000_000)
             args.extend(self.plan.entity_values(ev))
-            args.extend(repr(v) for v in self.plan.field_values(ev))
+            args.extend(repr(v) for v in self.plan.numeric_values(ev))
+            args.extend(self.plan.distinct_values(ev))
         self.round_trips += 1
         raw = await self._script(keys=[], args=args)
         stride = self._n_reads + 1
         out = []
         for i in range(len(events)):
             row = raw[i * stride : (i + 1) * stride]
-            out.append(WindowResult([float(v) for v in row[:-1]], row[-1] in (b"1", "1")))
+            out.append(WindowResult.from_status([float(v) for v in row[:-1]], int(row[-1])))
         return out
 
     def _log_key(self, event_id: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from streaming.errors import ConfigError, PipelineError
 from streaming.events.schemas import Schema, SchemaRegistry
 from streaming.pipeline.spec import (
+    AGGREGATIONS,
     CompareFeature,
     EventSpec,
     Feature,
@@ -22,6 +23,7 @@ from streaming.pipeline.spec import (
     ModelSpec,
     MonitorSpec,
     Pipeline,
+    RatioFeature,
     WindowFeature,
     parse_duration,
 )
@@ -104,11 +106,11 @@ def _feature(c: _Checker, i: int, raw: dict[str, Any]) -> Feature:
             raise c.fail(where, "a window feature needs entity = [field, ...]")
         ent = tuple(c.field(where, e) for e in entity)
         agg = raw.get("agg")
-        if agg not in ("count", "sum", "mean"):
-            raise c.fail(where, f"unknown agg {agg!r} (count, sum, mean)")
+        if agg not in AGGREGATIONS:
+            raise c.fail(where, f"unknown agg {agg!r} ({', '.join(AGGREGATIONS)})")
         fld: str | None = None
-        if agg != "count":
-            fld = c.field(where, raw.get("field"), numeric=True)
+        if agg not in ("count", "seconds_since_last"):
+            fld = c.field(where, raw.get("field"), numeric=agg != "distinct")
         window = c.duration(where + " window", raw.get("window"))
         bucket = c.duration(where + " bucket", raw.get("bucket", max(1, window // 12)))
         if bucket > window:
@@ -116,7 +118,12 @@ def _feature(c: _Checker, i: int, raw: dict[str, Any]) -> Feature:
         if window % bucket:
             raise c.fail(where, f"window {window}s is not a whole number of {bucket}s buckets")
         return WindowFeature(name, ent, agg, window, bucket, fld)
-    raise c.fail(where, f"unknown kind {kind!r} (field, compare, window)")
+    if kind == "ratio":
+        num, den = raw.get("numerator"), raw.get("denominator")
+        if not isinstance(num, str) or not isinstance(den, str):
+            raise c.fail(where, "a ratio feature needs numerator and denominator (names of other features)")
+        return RatioFeature(name, num, den)
+    raise c.fail(where, f"unknown kind {kind!r} (field, compare, window, ratio)")
 
 
 def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
@@ -167,6 +174,12 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PipelineError(f"{path}: duplicate feature names: {', '.join(dupes)}")
+    for i, f in enumerate(features):
+        if isinstance(f, RatioFeature):
+            for part in (f.numerator, f.denominator):
+                if part not in names[:i] or isinstance(features[names.index(part)], RatioFeature):
+                    raise c.fail(f"features[{i}] {f.name!r}",
+                                 f"{part!r} must name a field, compare or window feature declared before it")
 
     m = _table(raw, "model", path)
     inputs = m.get("inputs", names)
@@ -206,7 +219,12 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
     slo = head.get("slo_p99_ms", 50)
     if not isinstance(slo, int | float) or slo <= 0:
         raise PipelineError(f"{path}: [pipeline] slo_p99_ms must be a positive number, got {slo!r}")
+    on_error = head.get("on_store_error", "pause")
+    if on_error not in ("pause", "default"):
+        raise PipelineError(f"{path}: [pipeline] on_store_error must be pause or default, got {on_error!r}")
     return Pipeline(
+        lateness_s=c.duration("[pipeline] lateness", head.get("lateness", "1m")),
+        on_store_error=on_error,
         name=name,
         description=str(head.get("description", "")),
         root=path.parent,

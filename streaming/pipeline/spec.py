@@ -11,7 +11,9 @@ __all__ = [
     "FieldFeature",
     "CompareFeature",
     "WindowFeature",
+    "RatioFeature",
     "Feature",
+    "AGGREGATIONS",
     "ModelSpec",
     "LearnerSpec",
     "MonitorSpec",
@@ -72,13 +74,17 @@ class CompareFeature:
     op: Literal["eq", "ne"]
 
 
+#: window aggregations; ``count`` and ``seconds_since_last`` take no field
+AGGREGATIONS = ("count", "sum", "mean", "min", "max", "stddev", "distinct", "last", "seconds_since_last")
+
+
 @dataclass(frozen=True)
 class WindowFeature:
     """An aggregate over the entity's events in the window ending at the event (see docs/features.md)."""
 
     name: str
     entity: tuple[str, ...]
-    agg: Literal["count", "sum", "mean"]
+    agg: str  # one of AGGREGATIONS
     window_s: int
     bucket_s: int
     field: str | None = None
@@ -88,7 +94,16 @@ class WindowFeature:
         return self.window_s // self.bucket_s
 
 
-Feature = FieldFeature | CompareFeature | WindowFeature
+@dataclass(frozen=True)
+class RatioFeature:
+    """``numerator / denominator`` of two other features (0.0 when the denominator is 0)."""
+
+    name: str
+    numerator: str
+    denominator: str
+
+
+Feature = FieldFeature | CompareFeature | WindowFeature | RatioFeature
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,8 @@ class Pipeline:
     threshold: float
     slo_p99_ms: float
     generator: dict[str, Any] = field(default_factory=dict)
+    lateness_s: int = 60  # events older than the watermark minus this are not applied (flagged late)
+    on_store_error: str = "pause"  # or "default": score with default features, flagged
 
     @property
     def window_features(self) -> tuple[WindowFeature, ...]:

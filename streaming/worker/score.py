@@ -57,6 +57,8 @@ class ScoreProcessor:
         self.threshold = rt.pipeline.threshold
         self.names = rt.vectors.names
         self.max_backoff_s = 5.0
+        self.spec_version = rt.vectors.spec_version
+        self._defaults = WindowResult([0.0] * len(rt.pipeline.window_features), applied=False)
 
     def _dlq(self, rec: InRecord, stage: str, exc: BaseException) -> OutRecord:
         dl = dead_letter(rec, stage, exc)
@@ -72,7 +74,8 @@ class ScoreProcessor:
             if f.field is not None and not math.isfinite(float(ev[f.field] or 0.0)):
                 raise DecodeError(f"{f.field} is not a finite number: {ev[f.field]!r}")
 
-    async def _windows(self, events: list[dict[str, Any]]) -> list[WindowResult]:
+    async def _windows(self, events: list[dict[str, Any]]) -> list[WindowResult] | None:
+        """The batch's window features; None when the store failed and the pipeline says to use defaults."""
         delay = 0.05
         while True:
             t0 = time.perf_counter()
@@ -82,7 +85,11 @@ class ScoreProcessor:
                 return result
             except Exception as exc:  # redis raises several types; all mean "retry"
                 self.rt.metrics.store_errors.labels("update_and_read").inc()
-                log.warning("feature store failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
+                if self.rt.pipeline.on_store_error == "default":
+                    log.warning("feature store failed (%s: %s); scoring with default features", type(exc).__name__, exc)
+                    return None
+                log.warning("feature store failed (%s: %s); retrying in %.2fs (consumption paused)",
+                            type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
@@ -126,7 +133,11 @@ class ScoreProcessor:
 
         events = [ev for _, ev in good]
         t1 = time.perf_counter()
-        windows = await self._windows(events)
+        found = await self._windows(events)
+        degraded = found is None
+        windows = found if found is not None else [self._defaults] * len(events)
+        if degraded:
+            m.events.labels("degraded").inc(len(events))
         features_at = _now_us()
         m.stage.labels("features").observe(time.perf_counter() - t1)
 
@@ -142,12 +153,18 @@ class ScoreProcessor:
         tag = rt.model.tag
         served: list[ServedVector] = []
         produced: list[int] = []
-        duplicates = 0
+        duplicates = late = 0
         challenger = rt.settings.challenger
         for i, ((rec, ev), w) in enumerate(zip(good, windows, strict=True)):
             score = float(scores[i])
-            flags = [] if w.applied else ["redelivered"]
-            if not w.applied:
+            flags = []
+            if degraded:
+                flags.append("default_features")
+            elif w.late:
+                flags.append("late")
+                late += 1
+            elif not w.applied:
+                flags.append("redelivered")
                 duplicates += 1
             eid = str(ev[spec.id_field])
             pred = {
@@ -169,10 +186,12 @@ class ScoreProcessor:
                 "batch_size": len(events),
             }
             out.append(OutRecord(self.topic_predictions, rec.key, rt.codec.encode("prediction", pred)))
-            served.append(ServedVector(eid, X[i].tolist(), tag, score, int(ev[spec.time_field])))
+            served.append(ServedVector(eid, X[i].tolist(), tag, score, int(ev[spec.time_field]), self.spec_version))
             produced.append(rec.timestamp_ms or 0)
         try:
             t3 = time.perf_counter()
+            if degraded:
+                raise ConnectionError("feature store unavailable")
             await rt.store.log_served(served)
             m.store_seconds.labels("log_served").observe(time.perf_counter() - t3)
         except Exception as exc:  # the feature log is best effort: the prediction still goes out
@@ -181,4 +200,6 @@ class ScoreProcessor:
         m.events.labels("scored").inc(len(good))
         if duplicates:
             m.events.labels("duplicate").inc(duplicates)
+        if late:
+            m.events.labels("late").inc(late)
         return ScoredBatch(out, produced, len(good), n_dlq, duplicates)
