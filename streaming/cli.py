@@ -292,6 +292,39 @@ def models_activate(version: str) -> None:
     click.echo(f"active: {mv.name} {mv.version}")
 
 
+# -- benchmarks --------------------------------------------------------------
+@cli.group()
+def bench() -> None:
+    """Benchmarks; each runs its baseline in the same run. With --json the last line is one JSON object."""
+
+
+@bench.command("features")
+@click.option("--quick", is_flag=True, help="Fewer events (a smoke run).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_friendly
+def bench_features(quick: bool, as_json: bool) -> None:
+    """The feature store vs the naive approach (one command per event per aggregate), on a private Redis."""
+    from streaming.bench.features import run_features_bench
+    from streaming.infra.stack import Stack
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, _, pipeline = load_components(s)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(s.replace(run_dir=tmp), private_redis=True, tie_to_parent=True)
+        try:
+            url = stack._start_or_adopt_redis().url
+            result = run_features_bench(url, pipeline, quick=quick, say=lambda m: click.echo(m, err=as_json))
+        finally:
+            stack.down()
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+    else:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
 # -- the main job ------------------------------------------------------------
 @cli.command()
 @click.option("--rate", type=float, default=400.0, show_default=True, help="Events per second.")
