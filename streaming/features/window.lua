@@ -3,7 +3,8 @@
 -- ARGV[1] = plan (JSON), ARGV[2] = key prefix, ARGV[3] = dedupe TTL (s); then per event:
 --   id, event time (s), entity values (ne), numeric values (nn), distinct values (nh).
 -- Returns per event: one value per read, then a status: 0 seen before, 1 applied, 2 late (not applied).
--- Each entity's hash is read once per batch (HGETALL), updated in Lua, and written back once.
+-- Each entity's state is one MessagePack value: all of the batch's entities are read with one MGET,
+-- updated in Lua, and each written back once (SET ... EX).
 local plan = cjson.decode(ARGV[1])
 local prefix = ARGV[2]
 local dedupe_ttl = tonumber(ARGV[3])
@@ -14,7 +15,6 @@ local nev = (#ARGV - 3) / stride
 local fmt, floor, tonumber = string.format, math.floor, tonumber
 -- a bucket is one array: [1] count, [S+f] sum, [Q+f] sum of squares, [MI+f] min, [MA+f] max of field f
 local S, Q, MI, MA = 1, 1 + nn, 1 + 2 * nn, 1 + 3 * nn
-local OFFSET = {s = S, q = Q, m = MI, M = MA}
 for gi, g in ipairs(plan.groups) do
   g.lok, g.hik = gi .. '|lo', gi .. '|hi'
 end
@@ -24,72 +24,47 @@ local wm0 = tonumber(redis.call('GET', wmkey) or '') or 0
 local wm = wm0
 
 -- per entity key: st.g[group][bucket] = bucket array, st.lo/hi[group] (live bucket range),
--- st.lt (latest event time), st.l[field] (its values); what changed, to write back once
-local states, changed, dropped, slot_of, touched = {}, {}, {}, {}, {}
-local function parse(raw)
-  local st = {g = {}, lo = {}, hi = {}, l = {}}
-  for j = 1, #raw, 2 do
-    local f, v = raw[j], tonumber(raw[j + 1])
-    local gi, b, stat, fs = string.match(f, '^(%d+)|(%-?%d+)|(%a)(%d*)$')
-    if gi then
-      gi, b = tonumber(gi), tonumber(b)
-      local grp = st.g[gi]
-      if grp == nil then grp = {}; st.g[gi] = grp end
-      local bk = grp[b]
-      if bk == nil then bk = {0}; grp[b] = bk end
-      if stat == 'n' then bk[1] = v else bk[OFFSET[stat] + tonumber(fs)] = v end
-    else
-      local g2, which = string.match(f, '^(%d+)|(%a%a)$')
-      if g2 then
-        st[which][tonumber(g2)] = v
-      elseif f == 'lt' then
-        st.lt = v
-      else
-        local lf = string.match(f, '^l(%d+)$')
-        if lf then st.l[tonumber(lf)] = v end
-      end
+-- st.lt (latest event time), st.l[field] (its values)
+local states, dirty, slot_of, touched = {}, {}, {}, {}
+do -- read every entity of the batch with one MGET
+  local wanted, seen = {}, {}
+  for i = 0, nev - 1 do
+    local base = 3 + i * stride
+    for s = 1, ne do
+      local k = prefix .. 'e:{' .. plan.ents[s].tag .. '=' .. ARGV[base + 2 + s] .. '}'
+      if not seen[k] then seen[k] = true; wanted[#wanted + 1] = k; slot_of[k] = s end
     end
   end
-  return st
-end
-local function state(k, slot)
-  local st = states[k]
-  if st == nil then
-    st = parse(redis.call('HGETALL', k))
-    states[k], changed[k], dropped[k], slot_of[k] = st, {b = {}, sc = {}}, {}, slot
-    touched[#touched + 1] = k
+  local got = {}
+  for j = 1, #wanted, 1000 do
+    local part = redis.call('MGET', unpack(wanted, j, math.min(j + 999, #wanted)))
+    for _, v in ipairs(part) do got[#got + 1] = v end
   end
-  return st
+  for j, k in ipairs(wanted) do
+    local v = got[j]
+    if v then states[k] = cmsgpack.unpack(v) else states[k] = {g = {}, lo = {}, hi = {}, l = {}} end
+    touched[j] = k
+  end
 end
 
 -- forget the buckets of group gi that left every window (at most `keep` + 1 of them)
-local function expire_buckets(k, st, gi, g, newest)
-  local sc = changed[k].sc
+local function expire_buckets(st, gi, g, newest)
   local lo, hi = st.lo[gi], st.hi[gi]
   if lo == nil then
-    st.lo[gi], st.hi[gi], sc[g.lok], sc[g.hik] = newest, newest, newest, newest
+    st.lo[gi], st.hi[gi] = newest, newest
     return
   end
-  if newest > hi then st.hi[gi], sc[g.hik], hi = newest, newest, newest end
-  if newest < lo then st.lo[gi], sc[g.lok] = newest, newest; return end -- a late event's bucket
+  if newest > hi then st.hi[gi], hi = newest, newest end
+  if newest < lo then st.lo[gi] = newest; return end -- a late event's bucket
   local cutoff = newest - g.keep
   if lo > cutoff then return end
   local last = math.min(cutoff, hi)
   if last - lo > g.keep + 1 then lo = last - g.keep - 1 end -- older ones were dropped before
-  local grp, cb, dl = st.g[gi] or {}, changed[k].b[gi], dropped[k]
-  for b = lo, last do
-    if grp[b] ~= nil then
-      grp[b] = nil
-      if cb ~= nil then cb[b] = nil end
-      local p = gi .. '|' .. b .. '|'
-      dl[#dl + 1] = p .. 'n'
-      for _, f in ipairs(g.s) do dl[#dl + 1] = p .. 's' .. f end
-      for _, f in ipairs(g.q) do dl[#dl + 1] = p .. 'q' .. f end
-      for _, f in ipairs(g.m) do dl[#dl + 1] = p .. 'm' .. f end
-      for _, f in ipairs(g.M) do dl[#dl + 1] = p .. 'M' .. f end
-    end
+  local grp = st.g[gi]
+  if grp ~= nil then
+    for b = lo, last do grp[b] = nil end
   end
-  st.lo[gi], sc[g.lok] = cutoff + 1, cutoff + 1
+  st.lo[gi] = cutoff + 1
 end
 
 local out = {}
@@ -106,11 +81,14 @@ for i = 0, nev - 1 do
     local ent = plan.ents[s]
     local k = prefix .. 'e:{' .. ent.tag .. '=' .. ARGV[base + 2 + s] .. '}'
     keys[s] = k
-    local st = state(k, s)
+    local st = states[k]
     if ent.last then
       prev_t[s] = st.lt
       local vals = {}
-      for _, f in ipairs(ent.lf) do vals[f] = st.l[f] end
+      local ent_lf_ = ent.lf
+      for f_i = 1, #ent_lf_ do local f = ent_lf_[f_i]
+        vals[f] = st.l[f]
+      end
       prev_v[s] = vals
     end
   end
@@ -127,25 +105,32 @@ for i = 0, nev - 1 do
       if grp == nil then grp = {}; st.g[gi] = grp end
       local bk = grp[b]
       if bk == nil then
-        expire_buckets(k, st, gi, g, b)
+        expire_buckets(st, gi, g, b)
         bk = {0}
         grp[b] = bk
       end
-      local cb = changed[k].b[gi]
-      if cb == nil then cb = {}; changed[k].b[gi] = cb end
-      cb[b] = true
+      dirty[k] = true
       bk[1] = bk[1] + 1
-      for _, f in ipairs(g.s) do bk[S + f] = (bk[S + f] or 0) + x[f] end
-      for _, f in ipairs(g.q) do bk[Q + f] = (bk[Q + f] or 0) + x[f] * x[f] end
-      for _, f in ipairs(g.m) do
+      local g_s_ = g.s
+      for f_i = 1, #g_s_ do local f = g_s_[f_i]
+        bk[S + f] = (bk[S + f] or 0) + x[f]
+      end
+      local g_q_ = g.q
+      for f_i = 1, #g_q_ do local f = g_q_[f_i]
+        bk[Q + f] = (bk[Q + f] or 0) + x[f] * x[f]
+      end
+      local g_m_ = g.m
+      for f_i = 1, #g_m_ do local f = g_m_[f_i]
         local old = bk[MI + f]
         if old == nil or x[f] < old then bk[MI + f] = x[f] end
       end
-      for _, f in ipairs(g.M) do
+      local g_M_ = g.M
+      for f_i = 1, #g_M_ do local f = g_M_[f_i]
         local old = bk[MA + f]
         if old == nil or x[f] > old then bk[MA + f] = x[f] end
       end
-      for _, f in ipairs(g.h) do
+      local g_h_ = g.h
+      for f_i = 1, #g_h_ do local f = g_h_[f_i]
         local hk = k .. ':h' .. gi .. ':' .. f .. ':' .. b
         redis.call('PFADD', hk, ARGV[nb + nn + f])
         redis.call('EXPIRE', hk, g.t)
@@ -154,13 +139,18 @@ for i = 0, nev - 1 do
     for s = 1, ne do
       local ent = plan.ents[s]
       if ent.last and (prev_t[s] == nil or ts >= prev_t[s]) then
-        local st, sc = states[keys[s]], changed[keys[s]].sc
-        st.lt, sc['lt'] = ts, ts
-        for _, f in ipairs(ent.lf) do st.l[f], sc['l' .. f] = x[f], x[f] end
+        local st = states[keys[s]]
+        st.lt = ts
+        dirty[keys[s]] = true
+        local ent_lf_ = ent.lf
+        for f_i = 1, #ent_lf_ do local f = ent_lf_[f_i]
+          st.l[f] = x[f]
+        end
       end
     end
   end
-  for _, r in ipairs(plan.reads) do
+  local plan_reads_ = plan.reads
+  for r_i = 1, #plan_reads_ do local r = plan_reads_[r_i]
     local val = 0
     local a = r.a
     if a == 'l' or a == 't' then
@@ -222,30 +212,11 @@ for i = 0, nev - 1 do
   out[#out + 1] = status
 end
 
-for _, k in ipairs(touched) do
-  local st, ch, args = states[k], changed[k], {}
-  for gi, cb in pairs(ch.b) do
-    local g, grp = plan.groups[gi], st.g[gi]
-    for b in pairs(cb) do
-      local bk = grp[b]
-      local p = gi .. '|' .. b .. '|'
-      args[#args + 1] = p .. 'n'
-      args[#args + 1] = bk[1]
-      for _, f in ipairs(g.s) do args[#args + 1] = p .. 's' .. f; args[#args + 1] = fmt('%.17g', bk[S + f]) end
-      for _, f in ipairs(g.q) do args[#args + 1] = p .. 'q' .. f; args[#args + 1] = fmt('%.17g', bk[Q + f]) end
-      for _, f in ipairs(g.m) do args[#args + 1] = p .. 'm' .. f; args[#args + 1] = fmt('%.17g', bk[MI + f]) end
-      for _, f in ipairs(g.M) do args[#args + 1] = p .. 'M' .. f; args[#args + 1] = fmt('%.17g', bk[MA + f]) end
-    end
+local touched_ = touched
+for k_i = 1, #touched_ do local k = touched_[k_i]
+  if dirty[k] then
+    redis.call('SET', k, cmsgpack.pack(states[k]), 'EX', plan.ents[slot_of[k]].ttl)
   end
-  for f, v in pairs(ch.sc) do
-    args[#args + 1] = f
-    args[#args + 1] = fmt('%.17g', v)
-  end
-  if #args > 0 then
-    redis.call('HSET', k, unpack(args))
-    redis.call('EXPIRE', k, plan.ents[slot_of[k]].ttl)
-  end
-  if #dropped[k] > 0 then redis.call('HDEL', k, unpack(dropped[k])) end
 end
 if wm > wm0 then redis.call('SET', wmkey, fmt('%.17g', wm)) end
 return out
