@@ -106,6 +106,10 @@ def create_app(rt: Runtime) -> StreamingApp:
             await _send_all(app, batch.out)
 
     @app.timer(interval=1.0)
+    async def watch_models() -> None:
+        await rt.models.refresh()  # loads and warms in the default thread pool, not the inference thread
+
+    @app.timer(interval=1.0)
     async def loop_lag() -> None:
         t0 = time.perf_counter()
         await asyncio.sleep(0.1)

@@ -271,9 +271,10 @@ def models_list() -> None:
         click.echo(f"no versions of {pipeline.name} under {reg.root} (run `streaming train`)")
         return
     active = reg.active().version
+    shadow = reg.pointers()[1]
     for v in versions:
         auc = v.metadata.get("metrics", {}).get("roc_auc", float("nan"))
-        mark = "*" if v.version == active else " "
+        mark = "*" if v.version == active else "s" if v.version == shadow else " "
         click.echo(f"{mark} {v.version:6} {v.metadata.get('created_at', '?'):22} roc_auc {auc:.3f}  "
                    f"sha256 {v.metadata.get('sha256', '?')[:12]}")
 
@@ -289,7 +290,36 @@ def models_activate(version: str) -> None:
     s = _settings()
     _, _, pipeline = load_components(s)
     mv = ModelRegistry(s.path(s.models_dir), pipeline.name).activate(version)
-    click.echo(f"active: {mv.name} {mv.version}")
+    click.echo(f"active: {mv.name} {mv.version} (running workers switch within a second, between two batches)")
+
+
+def _registry() -> Any:
+    from streaming.inference.registry import ModelRegistry
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, _, pipeline = load_components(s)
+    return ModelRegistry(s.path(s.models_dir), pipeline.name)
+
+
+@models.command("shadow")
+@click.argument("version", required=False)
+@click.option("--off", is_flag=True, help="Stop shadow scoring.")
+@_friendly
+def models_shadow(version: str | None, off: bool) -> None:
+    """Score VERSION beside the active model: compared and logged, never published."""
+    if off == (version is not None):
+        raise UserError("give a VERSION, or --off")
+    mv = _registry().set_shadow(None if off else version)
+    click.echo("shadow: off" if mv is None else f"shadow: {mv.name} {mv.version}")
+
+
+@models.command("rollback")
+@_friendly
+def models_rollback() -> None:
+    """Re-activate the version that was active before the current one."""
+    mv = _registry().rollback()
+    click.echo(f"active: {mv.name} {mv.version} (rolled back)")
 
 
 # -- benchmarks --------------------------------------------------------------

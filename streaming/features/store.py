@@ -45,16 +45,19 @@ class ServedVector:
     score: float
     event_time: int
     feature_spec: str = ""  # VectorBuilder.spec_version of the features that built x
+    shadow_version: str | None = None
+    shadow_score: float | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {"x": self.x, "v": self.model_version, "s": self.score, "t": self.event_time, "f": self.feature_spec}
-        )
+        d = {"x": self.x, "v": self.model_version, "s": self.score, "t": self.event_time, "f": self.feature_spec}
+        if self.shadow_version is not None:
+            d["hv"], d["h"] = self.shadow_version, self.shadow_score
+        return orjson.dumps(d)
 
     @classmethod
     def from_bytes(cls, event_id: str, data: bytes) -> ServedVector:
         d = orjson.loads(data)
-        return cls(event_id, d["x"], d["v"], d["s"], d["t"], d.get("f", ""))
+        return cls(event_id, d["x"], d["v"], d["s"], d["t"], d.get("f", ""), d.get("hv"), d.get("h"))
 
 
 class FeatureStore(Protocol):

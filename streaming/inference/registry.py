@@ -2,8 +2,10 @@
 
 Each version holds ``model.onnx`` and ``metadata.json`` (inputs in order,
 sha256 of the ONNX file, metrics, training parameters and data window).
-``models/<pipeline>/active.json`` names the active version; without it the
-newest version is active.
+``models/<pipeline>/active.json`` names the active version and the ones active
+before it (for rollback); without it the newest version is active.
+``models/<pipeline>/shadow.json`` names a version scored in shadow, if any.
+Workers watch both files and change models between two batches.
 """
 
 from __future__ import annotations
@@ -80,21 +82,79 @@ class ModelRegistry:
             raise ModelError(f"model {self.name} has no version {version!r} (known: {known})")
         return self._load(path)
 
+    def _pointer(self, name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.dir / name).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ModelError(f"{self.dir / name} is not valid JSON: {exc}") from None
+        return data if isinstance(data, dict) else None
+
+    def _write_pointer(self, name: str, data: dict[str, Any] | None) -> None:
+        path = self.dir / name
+        if data is None:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+
+    def pointers(self) -> tuple[str | None, str | None]:
+        """(active version, shadow version) as the pointer files say; cheap, for watchers."""
+        active = self._pointer("active.json")
+        shadow = self._pointer("shadow.json")
+        return (active or {}).get("version"), (shadow or {}).get("version")
+
     def active(self) -> ModelVersion:
-        pointer = self.dir / "active.json"
-        if pointer.exists():
-            return self.get(json.loads(pointer.read_text())["version"])
+        version, _ = self.pointers()
+        if version is not None:
+            return self.get(version)
         versions = self.versions()
         if not versions:
             raise ModelError(f"no model for pipeline {self.name!r} under {self.root}: run `streaming train`")
         return versions[-1]
 
+    def shadow(self) -> ModelVersion | None:
+        _, version = self.pointers()
+        return None if version is None else self.get(version)
+
     def activate(self, version: str) -> ModelVersion:
+        """Make ``version`` active (its file is verified first); the previous one is kept for rollback."""
         mv = self.get(version)
         mv.verify()
-        tmp = self.dir / "active.json.tmp"
-        tmp.write_text(json.dumps({"version": version, "activated_at": time.time()}))
-        tmp.replace(self.dir / "active.json")
+        current = self._pointer("active.json") or {}
+        history = list(current.get("history", []))
+        previous = current.get("version")
+        if previous is None and self.versions():
+            previous = self.active().version
+        if previous is not None and previous != version:
+            history.append(previous)
+        self._write_pointer("active.json", {"version": version, "history": history[-20:], "activated_at": time.time()})
+        if self.pointers()[1] == version:
+            self._write_pointer("shadow.json", None)  # promoted: no longer a shadow
+        return mv
+
+    def rollback(self) -> ModelVersion:
+        """Re-activate the version that was active before the current one."""
+        current = self._pointer("active.json") or {}
+        history = list(current.get("history", []))
+        if not history:
+            raise ModelError(f"model {self.name} has no earlier active version to roll back to")
+        version = history.pop()
+        mv = self.get(version)
+        mv.verify()
+        self._write_pointer("active.json", {"version": version, "history": history, "activated_at": time.time()})
+        return mv
+
+    def set_shadow(self, version: str | None) -> ModelVersion | None:
+        """Score ``version`` in shadow beside the active one (None: stop)."""
+        if version is None:
+            self._write_pointer("shadow.json", None)
+            return None
+        mv = self.get(version)
+        mv.verify()
+        self._write_pointer("shadow.json", {"version": version, "since": time.time()})
         return mv
 
     def next_version(self) -> str:

@@ -48,6 +48,17 @@ class Metrics:
         self.model_info = Gauge(
             "streaming_model_info", "The model serving (value 1).", ["model", "version", "provider"], registry=r
         )
+        self.model_refused = Counter(
+            "streaming_model_refused", "Model versions refused at a change (corrupt, incompatible).", ["role"], registry=r
+        )
+        self.model_changes = Counter("streaming_model_changes", "Models swapped in without a stop.", ["role"], registry=r)
+        self.shadow_diff = Histogram(
+            "streaming_shadow_score_diff", "|active score - shadow score| per event.",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0), registry=r,
+        )
+        self.shadow_disagreements = Counter(
+            "streaming_shadow_disagreements", "Events whose decision differs between active and shadow.", registry=r
+        )
         self.fallback = Counter(
             "streaming_fallback_predictions", "Predictions not from the model, by reason.", ["reason"], registry=r
         )

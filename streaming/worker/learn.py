@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from streaming.drift.monitor import DriftMonitor
 from streaming.events.codec import DecodeError
 from streaming.worker.records import InRecord, OutRecord
 from streaming.worker.runtime import Runtime
@@ -50,6 +51,9 @@ class LabelProcessor:
         served = await rt.store.read_served([lab["event_id"] for _, lab in labels]) if labels else []
         joined = unjoined = 0
         requests: list[dict[str, Any]] = []
+        active = rt.models.active.tag
+        if any(mon.model_version != active for mon in rt.monitors):  # a new model: watch it from scratch
+            rt.monitors = [DriftMonitor(mon.spec, rt.pipeline.name, active) for mon in rt.monitors]
         for (_rec, lab), sv in zip(labels, served, strict=True):
             if sv is None:
                 unjoined += 1
@@ -61,7 +65,11 @@ class LabelProcessor:
             rt.learner.learn_one(x, bool(y))
             rt.evaluator.update("model", y, sv.score)
             rt.evaluator.update("learner", y, learner_p)
+            if sv.shadow_score is not None:
+                rt.evaluator.update("shadow", y, sv.shadow_score)
             for mon in rt.monitors:
+                if mon.model_version != sv.model_version:
+                    continue  # scored by an earlier model: learn from it, do not judge the current one
                 value = abs(y - sv.score) if mon.spec.signal == "error" else sv.score
                 before = mon.detections
                 req = mon.update(value, sv.event_time, self.offsets)

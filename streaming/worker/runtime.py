@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streaming.drift.monitor import DriftMonitor
-from streaming.errors import ModelError
 from streaming.events.codec import Codec
 from streaming.events.schemas import SchemaRegistry
 from streaming.events.topics import ensure_topics
 from streaming.features.store import FeatureStore, RedisFeatureStore
 from streaming.features.vector import VectorBuilder
+from streaming.inference.manager import ModelManager
 from streaming.inference.registry import ModelRegistry
 from streaming.inference.session import OnnxModel
 from streaming.infra.stack import check_broker, check_redis, resolve_endpoints
@@ -42,7 +42,7 @@ class Runtime:
     pipeline: Pipeline
     codec: Codec
     store: FeatureStore
-    model: OnnxModel
+    models: ModelManager
     vectors: VectorBuilder
     learner: Any
     evaluator: OnlineEvaluator
@@ -56,19 +56,30 @@ class Runtime:
         bootstrap, redis_url = resolve_endpoints(settings)
         check_broker(bootstrap)
         check_redis(redis_url)
-        models = ModelRegistry(settings.path(settings.models_dir), pipeline.name)
-        model = OnnxModel(models.active(), provider=settings.onnx_provider, threads=settings.onnx_threads)
-        if model.version.inputs != list(pipeline.model.inputs):
-            raise ModelError(
-                f"model {model.name} {model.tag} expects inputs {model.version.inputs} but the pipeline declares "
-                f"{list(pipeline.model.inputs)}: retrain with `streaming train`"
-            )
+        metrics = Metrics(slo_s=pipeline.slo_p99_ms / 1000.0)
+
+        def changed(role: str, old: OnnxModel | None, new: OnnxModel | None) -> None:
+            if role == "active":
+                if old is not None:
+                    metrics.model_info.remove(old.name, old.tag, old.provider)
+                if new is not None:
+                    metrics.model_info.labels(new.name, new.tag, new.provider).set(1)
+            metrics.model_changes.labels(role).inc()
+
+        manager = ModelManager(
+            ModelRegistry(settings.path(settings.models_dir), pipeline.name),
+            pipeline.model.inputs,
+            provider=settings.onnx_provider,
+            threads=settings.onnx_threads,
+            on_change=changed,
+            on_refused=lambda role, _v, _r: metrics.model_refused.labels(role).inc(),
+        )
+        model = manager.active
         if create_topics:
             ensure_topics(bootstrap, settings.topics.values(), settings.topic_partitions)
         store = RedisFeatureStore.from_url(
             redis_url, pipeline, dedupe_ttl_s=settings.dedupe_ttl_s, log_ttl_s=settings.feature_log_ttl_s
         )
-        metrics = Metrics(slo_s=pipeline.slo_p99_ms / 1000.0)
         metrics.model_info.labels(model.name, model.tag, model.provider).set(1)
         monitors = [DriftMonitor(spec, pipeline.name, model.tag) for spec in pipeline.monitors]
         for m in monitors:
@@ -81,7 +92,7 @@ class Runtime:
             pipeline=pipeline,
             codec=codec,
             store=store,
-            model=model,
+            models=manager,
             vectors=VectorBuilder(pipeline),
             learner=build_learner(pipeline.learner),
             evaluator=OnlineEvaluator(),

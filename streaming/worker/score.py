@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from streaming.events.codec import DecodeError
 from streaming.events.deadletter import DeadLetter
 from streaming.events.producer import entity_key
 from streaming.features.store import ServedVector, WindowResult
+from streaming.inference.session import OnnxModel
 from streaming.worker.records import InRecord, OutRecord
 from streaming.worker.runtime import Runtime
 
@@ -59,6 +61,8 @@ class ScoreProcessor:
         self.max_backoff_s = 5.0
         self.spec_version = rt.vectors.spec_version
         self._defaults = WindowResult([0.0] * len(rt.pipeline.window_features), applied=False)
+        # ONNX Runtime releases the GIL: inference runs here while the event loop goes on with Kafka I/O
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     def _dlq(self, rec: InRecord, stage: str, exc: BaseException) -> OutRecord:
         dl = dead_letter(rec, stage, exc)
@@ -93,10 +97,13 @@ class ScoreProcessor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
-    def _scores(self, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    async def _predict(self, model: OnnxModel, X: np.ndarray) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, model.predict, X)
+
+    async def _scores(self, model: OnnxModel, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
         reasons: list[str | None] = [None] * len(X)
         try:
-            scores = self.rt.model.predict(X).astype(np.float64)
+            scores = (await self._predict(model, X)).astype(np.float64)
         except Exception as exc:
             log.error("inference failed (%s: %s); using the online learner", type(exc).__name__, exc)
             scores = np.full(len(X), np.nan)
@@ -108,6 +115,21 @@ class ScoreProcessor:
                 scores[i] = self._learner_score(X[i])
                 self.rt.metrics.fallback.labels(reasons[i]).inc()
         return scores, reasons
+
+    async def _shadow_scores(self, shadow: OnnxModel, X: np.ndarray, active: np.ndarray) -> np.ndarray | None:
+        """Score the batch with the shadow model too; compare, never publish."""
+        try:
+            out = (await self._predict(shadow, X)).astype(np.float64)
+        except Exception as exc:
+            log.error("shadow model %s failed (%s: %s)", shadow.tag, type(exc).__name__, exc)
+            return None
+        m = self.rt.metrics
+        for diff in np.abs(out - active):
+            m.shadow_diff.observe(float(diff))
+        disagree = int(np.count_nonzero((out >= self.threshold) != (active >= self.threshold)))
+        if disagree:
+            m.shadow_disagreements.inc(disagree)
+        return out
 
     def _learner_score(self, row: np.ndarray) -> float:
         proba = self.rt.learner.predict_proba_one(dict(zip(self.names, row.tolist(), strict=True)))
@@ -142,15 +164,17 @@ class ScoreProcessor:
         m.stage.labels("features").observe(time.perf_counter() - t1)
 
         X = rt.vectors.matrix(events, [w.values for w in windows])
+        model, shadow = rt.models.active, rt.models.shadow  # a model change takes effect between batches
         started = _now_us()
         t2 = time.perf_counter()
-        scores, reasons = self._scores(X)
+        scores, reasons = await self._scores(model, X)
         predicted_at = _now_us()
         m.stage.labels("inference").observe(time.perf_counter() - t2)
         m.batch_size.observe(len(events))
+        shadow_scores = await self._shadow_scores(shadow, X, scores) if shadow is not None else None
 
         spec = rt.pipeline.event
-        tag = rt.model.tag
+        tag = model.tag
         served: list[ServedVector] = []
         produced: list[int] = []
         duplicates = late = 0
@@ -186,7 +210,11 @@ class ScoreProcessor:
                 "batch_size": len(events),
             }
             out.append(OutRecord(self.topic_predictions, rec.key, rt.codec.encode("prediction", pred)))
-            served.append(ServedVector(eid, X[i].tolist(), tag, score, int(ev[spec.time_field]), self.spec_version))
+            served.append(ServedVector(
+                eid, X[i].tolist(), tag, score, int(ev[spec.time_field]), self.spec_version,
+                None if shadow is None else shadow.tag,
+                None if shadow_scores is None else float(shadow_scores[i]),
+            ))
             produced.append(rec.timestamp_ms or 0)
         try:
             t3 = time.perf_counter()
