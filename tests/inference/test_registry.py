@@ -34,6 +34,7 @@ def test_rollback_walks_back_and_shadow_is_promoted(tmp_path: Path) -> None:
     reg.activate("v3")
     assert reg.rollback().version == "v2"
     assert reg.rollback().version == "v1"
+    assert reg.rollback().version == "v3"  # newest: active before any pointer existed
     with pytest.raises(ModelError, match="no earlier active version"):
         reg.rollback()
     reg.set_shadow(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_swap_shadow_rollback_and_refusal(servers: Servers, registry_copy: Path,
     seen = Counter(p["event_id"] for p in preds)
     assert set(seen) == set(ids) and max(seen.values()) == 1  # nothing lost, nothing scored twice
     order = [p["model_version"] for p in preds]  # one partition: predictions are in event order
-    changes = [(a, b) for a, b in zip(order, order[1:], strict=False) if a != b]
+    changes = [(a, b) for a, b in itertools.pairwise(order) if a != b]
     assert changes == [("v1", "v2"), ("v2", "v1")]  # activate, rollback; the corrupt v3 never served
     by_batch: dict[tuple[int, int], set[str]] = {}
     for p in preds:
