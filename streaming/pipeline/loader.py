@@ -17,6 +17,7 @@ from streaming.pipeline.spec import (
     AGGREGATIONS,
     CompareFeature,
     EventSpec,
+    FallbackSpec,
     Feature,
     FieldFeature,
     LearnerSpec,
@@ -188,7 +189,16 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
     unknown = [i for i in inputs if i not in names]
     if unknown:
         raise PipelineError(f"{path}: [model] inputs name unknown features: {', '.join(map(str, unknown))}")
-    model = ModelSpec(tuple(inputs), dict(m.get("train", {})))
+    fb = m.get("fallback", {"kind": "learner"})
+    if isinstance(fb, str):
+        fb = {"kind": fb}
+    if not isinstance(fb, dict) or fb.get("kind") not in ("learner", "rule"):
+        raise PipelineError(f"{path}: [model] fallback must be \"learner\" or a rule table (kind = \"rule\")")
+    if fb["kind"] == "rule":
+        if fb.get("feature") not in inputs or not isinstance(fb.get("above"), int | float):
+            raise PipelineError(f"{path}: [model.fallback] a rule needs feature (a model input) and above (a number)")
+    fallback = FallbackSpec(fb["kind"], fb.get("feature"), float(fb.get("above", 0.0)))
+    model = ModelSpec(tuple(inputs), dict(m.get("train", {})), fallback)
 
     lr = raw.get("learner", {"kind": "logistic_regression"})
     if lr.get("kind") not in LEARNERS:

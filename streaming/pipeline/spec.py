@@ -15,6 +15,7 @@ __all__ = [
     "Feature",
     "AGGREGATIONS",
     "ModelSpec",
+    "FallbackSpec",
     "LearnerSpec",
     "MonitorSpec",
     "Pipeline",
@@ -107,9 +108,19 @@ Feature = FieldFeature | CompareFeature | WindowFeature | RatioFeature
 
 
 @dataclass(frozen=True)
+class FallbackSpec:
+    """Where a score comes from when the model fails: the online learner, or a rule on one input."""
+
+    kind: str = "learner"  # or "rule": score = 1.0 if the input `feature` > `above`, else 0.0
+    feature: str | None = None
+    above: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     inputs: tuple[str, ...]
     train: dict[str, Any] = field(default_factory=dict)
+    fallback: FallbackSpec = field(default_factory=FallbackSpec)
 
 
 @dataclass(frozen=True)

@@ -112,9 +112,15 @@ class ScoreProcessor:
         if bad.any():
             for i in np.flatnonzero(bad):
                 reasons[i] = reasons[i] or "nan_score"
-                scores[i] = self._learner_score(X[i])
+                scores[i] = self._fallback_score(X[i])
                 self.rt.metrics.fallback.labels(reasons[i]).inc()
         return scores, reasons
+
+    def _fallback_score(self, row: np.ndarray) -> float:
+        fb = self.rt.pipeline.model.fallback
+        if fb.kind == "rule" and fb.feature is not None:
+            return 1.0 if float(row[self.names.index(fb.feature)]) > fb.above else 0.0
+        return self._learner_score(row)
 
     async def _shadow_scores(self, shadow: OnnxModel, X: np.ndarray, active: np.ndarray) -> np.ndarray | None:
         """Score the batch with the shadow model too; compare, never publish."""

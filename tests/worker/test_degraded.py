@@ -43,10 +43,10 @@ class OwnRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-def records(codec: Codec, n: int) -> list[InRecord]:
+def records(codec: Codec, n: int, card: str = "c1") -> list[InRecord]:
     now = time.time_ns() // 1000
-    return [InRecord(b"c1", codec.encode("transaction", transaction(f"deg-{now}-{i}", card="c1")), "events", 0, i,
-                     now // 1000, now) for i in range(n)]
+    return [InRecord(card.encode(), codec.encode("transaction", transaction(f"deg-{now}-{i}", card=card)), "events",
+                     0, i, now // 1000, now) for i in range(n)]
 
 
 def runtime(servers: Servers, models_dir: Path, redis_url: str, pipeline: Path) -> Runtime:
