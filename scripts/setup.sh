@@ -26,6 +26,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
 
+# promtool (Debian package prometheus) for the alert-rule tests; dev installs only
+if [ "$EXTRAS" = "dev" ] && ! command -v promtool >/dev/null 2>&1; then
+  say "installing prometheus (Debian: promtool for the alert-rule tests)"
+  apt_install prometheus
+  # the package may start a server; the tests start their own
+  (command -v systemctl >/dev/null && systemctl stop prometheus prometheus-node-exporter) >/dev/null 2>&1 || true
+  pkill -x prometheus >/dev/null 2>&1 || true
+  pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
+fi
+
 # Python 3.11+
 if [ -z "$PYTHON" ]; then
   for p in python3.11 python3.12 python3.13 python3; do

@@ -36,6 +36,10 @@ class StreamingApp(faust.App):
     fetch_max_wait_ms: int = transport.DEFAULT_FETCH_MAX_WAIT_MS
 
 
+#: (topic, partition) -> the next offset to process, for the consumer-lag gauge
+_next_offsets: dict[tuple[str, int], int] = {}
+
+
 def _records(events: Sequence[Any]) -> list[InRecord]:
     now_us = time.time_ns() // 1000
     out = []
@@ -44,6 +48,7 @@ def _records(events: Sequence[Any]) -> list[InRecord]:
         ts = msg.timestamp
         out.append(InRecord(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
                             int(ts * 1000) if ts else None, now_us))
+        _next_offsets[(msg.topic, msg.partition)] = msg.offset + 1
     return out
 
 
@@ -108,6 +113,18 @@ def create_app(rt: Runtime) -> StreamingApp:
     @app.timer(interval=1.0)
     async def watch_models() -> None:
         await rt.models.refresh()  # loads and warms in the default thread pool, not the inference thread
+
+    @app.timer(interval=5.0)
+    async def consumer_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in (s.topic_events, s.topic_labels):
+                continue
+            done = _next_offsets.get((tp.topic, tp.partition))
+            if done is None:
+                done = await consumer.position(tp) or 0
+            lag = max(0, consumer.highwater(tp) - done)
+            rt.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     @app.timer(interval=1.0)
     async def loop_lag() -> None:

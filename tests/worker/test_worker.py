@@ -92,17 +92,20 @@ def test_avro_batch_every_event_scored_once_and_labels_learned(worker: WorkerPro
     url = f"http://127.0.0.1:{env['STREAMING_METRICS_PORT']}/metrics"
     deadline = time.monotonic() + 20
     joined = unjoined = 0.0
+    lag_key = ("streaming_consumer_lag_messages", (("partition", "0"), ("topic", env["STREAMING_TOPIC_EVENTS"])))
     while time.monotonic() < deadline:
         samples = scrape(url)
         joined = samples.get(("streaming_labels_total", (("outcome", "joined"),)), 0.0)
         unjoined = samples.get(("streaming_labels_total", (("outcome", "unjoined"),)), 0.0)
-        if joined >= len(ids) and unjoined >= 1:
+        if joined >= len(ids) and unjoined >= 1 and lag_key in samples:
             break
+        time.sleep(0.2)
     assert joined >= len(ids) and unjoined >= 1
     assert samples[("streaming_events_total", (("outcome", "scored"),))] >= len(ids) + 1
     assert samples[("streaming_e2e_latency_seconds_count", ())] >= len(ids)
     assert samples[("streaming_model_info", (("model", "fraud"), ("provider", "CPUExecutionProvider"),
                                              ("version", "v1")))] == 1.0
+    assert samples.get(lag_key, -1.0) >= 0  # the gauge is exported (every 5 s)
 
 
 def test_drift_in_the_labels_publishes_a_retrain_request(worker: WorkerProcess, env: dict[str, str],

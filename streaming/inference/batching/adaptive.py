@@ -1,0 +1,149 @@
+"""`adaptive`: deadline-driven batching that learns the service time online and holds a p99 target.
+
+Each time the executor is free, with ``n`` rows queued, the oldest of age ``a``:
+
+1. ``budget = slo_s * correction`` (the AIMD correction on the observed
+   windowed p99, 1 while the target is met).
+2. ``fit``: the largest bucket whose predicted p99 run time is at most
+   ``service_share * budget``. Under sustained load a row waits for the batch
+   in front of it and then for its own, so a batch may take about half the
+   budget.
+3. ``need``: the smallest bucket that keeps up with the arrival-rate estimate
+   ``lam`` at ``utilisation``: ``lam * mean(b) <= utilisation * b``.
+4. ``cap = max(fit, need)`` rows (never above ``max_rows``). ``n >= cap``:
+   send ``cap`` rows now (``full``; ``overload`` when ``need > fit``: the rate
+   needs batches the budget cannot afford, so it serves for throughput and the
+   bounded queue makes the consumer pause).
+5. Deadline: if ``a`` plus the predicted p99 run time of the batch with one
+   more row, plus ``guard_s``, reaches the budget, send the ``n`` rows now
+   (``deadline``).
+6. If ``n`` rows already keep up with the arrival rate (``lam * mean(bucket(n))
+   <= utilisation * n``), waiting would add latency without adding needed
+   throughput: send now (``keeps_up``).
+7. Otherwise wait, at most until the deadline of step 5; the caller asks
+   again at every arrival.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from streaming.inference.batching.base import BatchPolicy, Dispatch, DispatchReason, QueueState, Wait
+from streaming.inference.batching.buckets import bucket_for
+from streaming.inference.batching.feedback import AimdCorrection
+from streaming.inference.batching.rate import ArrivalRate
+from streaming.inference.batching.service_model import ServiceModel
+
+__all__ = ["AdaptivePolicy"]
+
+
+class AdaptivePolicy(BatchPolicy):
+    """Batch by deadline against ``slo_s`` (p99, queueing included), learning the service time online.
+
+    Parameters
+    ----------
+    slo_s
+        The p99 latency target of a row, from its arrival in the queue to its score.
+    max_rows
+        The largest batch (rows); must not exceed the largest bucket.
+    buckets
+        The batch-size buckets the session is warmed for (default: powers of two and half-steps).
+    service_share
+        Fraction of the budget one batch's p99 run time may take (step 2).
+    utilisation
+        Executor utilisation above which a batch is too small for the arrival rate (steps 3, 6).
+    guard_s
+        Slack for the caller's wake-up delay and the hand-off to the executor.
+    rate_tau_s
+        Smoothing time of the arrival-rate estimate.
+    feedback_interval_s, feedback_decrease, feedback_increase, feedback_floor
+        The AIMD correction: window, multiplicative cut, additive step, lowest factor.
+    provider, service
+        The provider whose service model is used first, and that model (seed it with warm-up timings).
+
+    >>> from streaming.inference.batching.service_model import ServiceModel
+    >>> model = ServiceModel((1, 2, 4, 8, 16, 32))
+    >>> for _ in range(10):
+    ...     for b in model.buckets:
+    ...         model.observe(b, 0.002 + 0.001 * b)  # 2 ms + 1 ms per row
+    >>> p = AdaptivePolicy(slo_s=0.050, max_rows=32, buckets=model.buckets, service=model)
+    >>> p.next_action(0.0, QueueState(rows=1, oldest_arrival_s=0.0, arrived_total=1))  # idle: no rate yet
+    Dispatch(rows=1, bucket=1, reason=<DispatchReason.KEEPS_UP: 'keeps_up'>, ...)
+    """
+
+    name = "adaptive"
+
+    def __init__(
+        self,
+        slo_s: float,
+        max_rows: int,
+        buckets: Sequence[int] | None = None,
+        *,
+        service_share: float = 0.5,
+        utilisation: float = 0.9,
+        guard_s: float = 0.001,
+        rate_tau_s: float = 0.25,
+        feedback_interval_s: float = 0.5,
+        feedback_decrease: float = 0.2,
+        feedback_increase: float = 0.02,
+        feedback_floor: float = 0.3,
+        provider: str = "cpu",
+        service: ServiceModel | None = None,
+    ) -> None:
+        if slo_s <= 0 or not 0 < service_share <= 1 or not 0 < utilisation <= 1 or guard_s < 0:
+            raise ValueError("slo_s > 0, 0 < service_share <= 1, 0 < utilisation <= 1, guard_s >= 0")
+        super().__init__(max_rows, buckets, provider=provider, service=service)
+        self.slo_s = slo_s
+        self.service_share = service_share
+        self.utilisation = utilisation
+        self.guard_s = guard_s
+        self.rate = ArrivalRate(rate_tau_s)
+        self.correction = AimdCorrection(slo_s, interval_s=feedback_interval_s, decrease=feedback_decrease,
+                                         increase=feedback_increase, floor=feedback_floor)
+        self._sizes = tuple(b for b in self.buckets if b <= max_rows)
+        if self._sizes[-1] != max_rows:
+            self._sizes = (*self._sizes, max_rows)
+
+    @property
+    def budget_s(self) -> float:
+        """The latency budget the deadline aims at now: the SLO times the feedback correction."""
+        return self.slo_s * self.correction.factor
+
+    def fit_rows(self, budget_s: float) -> int:
+        """The largest batch size whose predicted p99 run time is within ``service_share * budget_s``."""
+        limit = self.service_share * budget_s
+        best = self._sizes[0]
+        for rows in self._sizes:
+            if self.service.p99(bucket_for(rows, self.buckets)) > limit:
+                break
+            best = rows
+        return best
+
+    def needed_rows(self, rate: float) -> int:
+        """The smallest batch size that keeps up with ``rate`` rows/s at ``utilisation``."""
+        for rows in self._sizes:
+            if rate * self.service.mean(bucket_for(rows, self.buckets)) <= self.utilisation * rows:
+                return rows
+        return self.max_rows
+
+    def next_action(self, now: float, queue: QueueState) -> Dispatch | Wait:
+        lam = self.rate.update(now, queue.arrived_total)
+        n = queue.rows
+        if n == 0:
+            return Wait()
+        budget = self.budget_s
+        fit = self.fit_rows(budget)
+        need = self.needed_rows(lam)
+        cap = max(fit, need)
+        if n >= cap:
+            return self._dispatch(now, queue, cap, DispatchReason.OVERLOAD if need > fit else DispatchReason.FULL)
+        latest = queue.oldest_arrival_s + budget - self.service.p99(bucket_for(n + 1, self.buckets)) - self.guard_s
+        if now >= latest:
+            return self._dispatch(now, queue, n, DispatchReason.DEADLINE)
+        if lam * self.service.mean(bucket_for(n, self.buckets)) <= self.utilisation * n:
+            return self._dispatch(now, queue, n, DispatchReason.KEEPS_UP)
+        return Wait(latest)
+
+    def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Sequence[float] = ()) -> None:
+        super().observe(dispatch, actual_s, latencies_s)
+        self.correction.update(dispatch.at_s + actual_s, latencies_s, frozen=dispatch.reason is DispatchReason.OVERLOAD)

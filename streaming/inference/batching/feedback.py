@@ -1,0 +1,63 @@
+"""AIMD correction of the latency budget from the observed windowed p99."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from streaming.inference.batching.service_model import quantile
+
+__all__ = ["AimdCorrection"]
+
+
+class AimdCorrection:
+    """A factor in ``[floor, 1]`` by which the policy scales its latency budget.
+
+    Latencies are collected over tumbling windows of ``interval_s``. At the end
+    of a window with at least ``min_samples`` latencies, a p99 above ``target_s``
+    cuts the factor multiplicatively by ``decrease``; a p99 at or under it adds
+    ``increase``. A window marked ``frozen`` (the policy was overloaded: the SLO
+    was out of reach whatever the budget) never cuts: shrinking batches then
+    would only lower throughput.
+
+    >>> c = AimdCorrection(0.050, interval_s=0.5, min_samples=1)
+    >>> c.update(0.5, [0.080])  # window not over yet
+    1.0
+    >>> c.update(1.0, [0.070])  # p99 80 ms > 50 ms: cut by 20 %
+    0.8
+    >>> round(c.update(2.0, [0.020]), 2)  # under target: +0.02
+    0.82
+    """
+
+    def __init__(self, target_s: float, *, interval_s: float = 0.5, decrease: float = 0.2, increase: float = 0.02,
+                 floor: float = 0.3, min_samples: int = 20) -> None:
+        if target_s <= 0 or interval_s <= 0 or not 0 < decrease < 1 or increase < 0 or not 0 < floor <= 1:
+            raise ValueError("target_s, interval_s > 0; 0 < decrease < 1; increase >= 0; 0 < floor <= 1")
+        self.target_s = target_s
+        self.interval_s = interval_s
+        self.decrease = decrease
+        self.increase = increase
+        self.floor = floor
+        self.min_samples = min_samples
+        self.factor = 1.0
+        self.last_p99_s: float | None = None
+        self._start: float | None = None
+        self._window: list[float] = []
+        self._frozen = False
+
+    def update(self, now: float, latencies_s: Iterable[float], *, frozen: bool = False) -> float:
+        """Add latencies observed at ``now``; close the window if it is over; return the factor."""
+        if self._start is None:
+            self._start = now
+        self._window.extend(latencies_s)
+        self._frozen |= frozen
+        if now - self._start >= self.interval_s:
+            if len(self._window) >= self.min_samples:
+                p99 = quantile(self._window, 0.99)
+                self.last_p99_s = p99
+                if p99 > self.target_s:
+                    if not self._frozen:
+                        self.factor = max(self.floor, self.factor * (1.0 - self.decrease))
+                else:
+                    self.factor = min(1.0, self.factor + self.increase)
+            self._start, self._window, self._frozen = now, [], False
+        return self.factor
