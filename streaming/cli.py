@@ -355,6 +355,87 @@ def bench_features(quick: bool, as_json: bool) -> None:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
+# -- load tests --------------------------------------------------------------
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+    else:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--profile", type=click.Choice(["constant", "poisson", "step", "burst", "replay"]), default="poisson",
+              show_default=True)
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Target events/s (base rate for burst).")
+@click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds of load.")
+@click.option("--steps", default="", help="step profile: RATE:SECONDS,... e.g. 200:10,1800:10,200:10")
+@click.option("--burst-every", type=float, default=5.0, show_default=True, help="burst profile: seconds between bursts")
+@click.option("--burst-size", type=int, default=500, show_default=True, help="burst profile: events per burst")
+@click.option("--replay", "replay_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="replay profile: JSON lines whose event times give the timing")
+@click.option("--slo-p99-ms", type=float, default=None, help="SLO (default: the pipeline's slo_p99_ms).")
+@click.option("--linger-ms", type=float, default=20.0, show_default=True, help="Generator producer linger.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report directory (default: reports/loadtest-<time>/).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@click.pass_context
+@_friendly
+def loadtest(ctx: click.Context, profile: str, rate: float, duration: float, steps: str, burst_every: float,
+             burst_size: int, replay_file: Path | None, slo_p99_ms: float | None, linger_ms: float,
+             report_dir: Path | None, as_json: bool) -> None:
+    """Open-loop load test against a fresh worker on fresh topics; exits 1 when the SLO is violated."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from loadtest.schedule import parse_steps, replay_offsets
+    from loadtest.session import LoadSession
+
+    s = _settings()
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    try:
+        phases = parse_steps(steps) if profile == "step" else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if profile == "step" and not phases:
+        raise UserError("--profile step needs --steps RATE:SECONDS,...")
+    if profile == "replay" and replay_file is None:
+        raise UserError("--profile replay needs --replay FILE")
+    with LoadSession(s, say) as session:
+        replay = replay_offsets(replay_file, session.pipeline.event.time_field) if replay_file else None
+        slo = slo_p99_ms or session.pipeline.slo_p99_ms
+        out = report_dir or Path("reports") / time.strftime("loadtest-%Y%m%d-%H%M%S")
+        result = session.run(profile=profile, rate=rate, duration_s=duration, slo_p99_ms=slo, linger_ms=linger_ms,
+                             steps=phases, replay=replay, report_dir=out)
+    say(f"{'PASS' if result['slo_pass'] else 'FAIL'}: p99 {result['p99_ms']} ms (SLO {slo:g} ms), "
+        f"achieved {result['achieved_rate']}/{result['target_rate']:.0f} events/s, missing {result['missing']}, "
+        f"duplicates {result['duplicates']}; report {result['report']}")
+    _emit(result, as_json)
+    sys.exit(0 if result["slo_pass"] else 1)
+
+
+@loadtest.command("capacity")
+@click.option("--slo-p99-ms", type=float, default=None, help="SLO (default: the pipeline's slo_p99_ms).")
+@click.option("--step-duration", type=float, default=30.0, show_default=True, help="Seconds per rate step.")
+@click.option("--start-rate", type=float, default=1000.0, show_default=True)
+@click.option("--max-rate", type=float, default=50000.0, show_default=True)
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def loadtest_capacity(slo_p99_ms: float | None, step_duration: float, start_rate: float, max_rate: float,
+                      report_dir: Path | None, as_json: bool) -> None:
+    """Highest Poisson rate whose p99 stays within the SLO (each step on fresh topics and a fresh worker)."""
+    from loadtest.session import LoadSession
+
+    s = _settings()
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    with LoadSession(s, say) as session:
+        slo = slo_p99_ms or session.pipeline.slo_p99_ms
+        out = report_dir or Path("reports") / time.strftime("capacity-%Y%m%d-%H%M%S")
+        result = session.capacity(slo_p99_ms=slo, step_s=step_duration, start_rate=start_rate, max_rate=max_rate,
+                                  report_dir=out)
+    say(f"max rate at p99 <= {slo:g} ms: {result['max_rate_at_slo']:,.0f} events/s")
+    _emit(result, as_json)
+
+
 # -- the main job ------------------------------------------------------------
 @cli.command()
 @click.option("--rate", type=float, default=400.0, show_default=True, help="Events per second.")

@@ -80,7 +80,7 @@ class AdaptivePolicy(BatchPolicy):
         buckets: Sequence[int] | None = None,
         *,
         service_share: float = 0.5,
-        utilisation: float = 0.9,
+        utilisation: float = 1.0,
         guard_s: float = 0.001,
         rate_tau_s: float = 0.25,
         feedback_interval_s: float = 0.5,
@@ -131,6 +131,9 @@ class AdaptivePolicy(BatchPolicy):
         n = queue.rows
         if n == 0:
             return Wait()
+        age = now - queue.oldest_arrival_s
+        if age > 0:  # n + 1 rows in `age` seconds at most: a stale estimate after a drop must not make rows wait
+            lam = min(lam, (n + 1) / age)
         budget = self.budget_s
         fit = self.fit_rows(budget)
         need = self.needed_rows(lam)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
     b = tuple(int(x) for x in buckets)
     if not b or b[0] != 1:
         raise ValueError(f"buckets must start at 1 (a single row must fit), got {b}")
-    if any(y <= x for x, y in zip(b, b[1:], strict=False)):
+    if any(y <= x for x, y in pairwise(b)):
         raise ValueError(f"buckets must be strictly increasing, got {b}")
     return b
 

@@ -1,0 +1,238 @@
+"""One open-loop load test: publish on schedule, match predictions by event id, measure latency.
+
+Every event is encoded before the run starts, with its intended send time as its
+event time, so the send loop only hands bytes to the producer. Latency is
+recorded twice in HdrHistograms: from the *intended* send time (corrected for
+coordinated omission: a generator that falls behind cannot hide the queue it
+built) and from the actual send time. The generator's own lag behind the
+schedule is reported, and the run fails when it sent below 95% of the target.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+from hdrh.histogram import HdrHistogram
+
+from streaming.events.codec import Codec, DecodeError
+from streaming.events.producer import entity_key
+from streaming.events.reader import TopicReader
+from streaming.pipeline.spec import Pipeline
+from streaming.synthetic.registry import generator_for
+
+__all__ = ["LoadResult", "run_load", "STAGES"]
+
+#: per-stage breakdown from the prediction's timestamps
+STAGES = ("broker_and_fetch", "features", "queue", "inference", "publish_and_read")
+_MAX_US = 120_000_000
+
+
+@dataclass
+class LoadResult:
+    target_rate: float
+    achieved_rate: float
+    sent: int
+    matched: int
+    missing: int
+    duplicates: int
+    generator_lag_max_ms: float
+    intended: HdrHistogram
+    actual: HdrHistogram
+    stages_ms: dict[str, dict[str, float]]
+    windows: list[dict[str, float]] = field(default_factory=list)  # per second of the schedule
+    dead_letters: int = 0
+
+    def percentiles(self, h: HdrHistogram) -> dict[str, float]:
+        if h.get_total_count() == 0:
+            return {k: float("nan") for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")}
+        return {
+            "p50_ms": h.get_value_at_percentile(50) / 1000,
+            "p90_ms": h.get_value_at_percentile(90) / 1000,
+            "p99_ms": h.get_value_at_percentile(99) / 1000,
+            "p999_ms": h.get_value_at_percentile(99.9) / 1000,
+            "max_ms": h.get_max_value() / 1000,
+        }
+
+    def summary(self, slo_p99_ms: float) -> dict[str, Any]:
+        p = self.percentiles(self.intended)
+        actual = {f"actual_{k}": v for k, v in self.percentiles(self.actual).items()}
+        kept_up = self.achieved_rate >= 0.95 * self.target_rate
+        return {
+            "target_rate": self.target_rate,
+            "achieved_rate": round(self.achieved_rate, 1),
+            "sent": self.sent,
+            **{k: round(v, 2) for k, v in p.items()},
+            **{k: round(v, 2) for k, v in actual.items()},
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "dead_letters": self.dead_letters,
+            "generator_lag_max_ms": round(self.generator_lag_max_ms, 1),
+            "generator_kept_up": kept_up,
+            "slo_p99_ms": slo_p99_ms,
+            "slo_pass": bool(kept_up and self.missing == 0 and p["p99_ms"] <= slo_p99_ms),
+            "stages_ms": self.stages_ms,
+        }
+
+
+class _Collector:
+    """Reads predictions (assign(), no group join) and keeps what the analysis needs, per event id."""
+
+    def __init__(self, bootstrap: str, topic: str, codec: Codec) -> None:
+        self.codec = codec
+        self.reader = TopicReader(bootstrap, topic, from_beginning=True)
+        self.first: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.seen: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="loadtest-collector", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msgs = self.reader.poll(0.005)
+            now = time.time_ns() // 1000
+            with self._lock:
+                for m in msgs:
+                    try:
+                        p = self.codec.decode("prediction", m.value())
+                    except DecodeError:
+                        continue
+                    eid = p["event_id"]
+                    self.seen[eid] += 1
+                    if eid not in self.first:
+                        self.first[eid] = (now, p)
+        self.reader.close()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.first)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+
+def _prepare(pipeline: Pipeline, codec: Codec, offsets: Iterable[float], start_us: int, seed: int,
+             id_prefix: str) -> list[tuple[int, bytes, bytes, str]]:
+    """(intended µs, key, value, event id) for every scheduled event, encoded ahead of the run."""
+    gen = generator_for(pipeline, rate=1000.0, seed=seed, start_us=start_us, id_prefix=id_prefix)
+    spec = pipeline.event
+    out = []
+    for off, item in zip(offsets, gen, strict=False):
+        ev = dict(item.event)
+        t = start_us + int(off * 1e6)
+        ev[spec.time_field] = t
+        out.append((t, entity_key(ev, spec.key).encode(), codec.encode(spec.schema, ev), str(ev[spec.id_field])))
+    return out
+
+
+def run_load(
+    *,
+    bootstrap: str,
+    events_topic: str,
+    predictions_topic: str,
+    pipeline: Pipeline,
+    codec: Codec,
+    offsets: Iterable[float],
+    target_rate: float,
+    linger_ms: float = 20.0,
+    drain_s: float = 10.0,
+    seed: int = 0,
+    progress: Callable[[int, int, int], None] = lambda _sent, _total, _got: None,
+) -> LoadResult:
+    start_us = (time.time_ns() // 1000) + 2_000_000  # 2 s to encode and to let the reader settle
+    plan = _prepare(pipeline, codec, offsets, start_us, seed, f"lt{start_us}-")
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
+                         "queue.buffering.max.messages": 1_000_000, "log.connection.close": False})
+    collector = _Collector(bootstrap, predictions_topic, codec)
+    collector.thread.start()
+    actual: dict[str, int] = {}
+    lag_max = 0.0
+    last_tick = 0.0
+    now_us = time.time_ns() // 1000
+    if start_us > now_us:
+        time.sleep((start_us - now_us) / 1e6)
+    for i, (t, key, value, eid) in enumerate(plan):
+        now_us = time.time_ns() // 1000
+        if t > now_us:
+            time.sleep((t - now_us) / 1e6)
+            now_us = time.time_ns() // 1000
+        else:
+            lag_max = max(lag_max, (now_us - t) / 1000)
+        while True:
+            try:
+                producer.produce(events_topic, value=value, key=key, timestamp=now_us // 1000)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        actual[eid] = now_us
+        producer.poll(0)
+        if now_us / 1e6 - last_tick >= 0.5:
+            last_tick = now_us / 1e6
+            progress(i + 1, len(plan), collector.count())
+    first_send = plan[0][0] if plan else start_us
+    last_send = max(actual.values()) if actual else start_us
+    producer.flush(30)
+    deadline = time.monotonic() + drain_s
+    while collector.count() < len(plan) and time.monotonic() < deadline:
+        progress(len(plan), len(plan), collector.count())
+        time.sleep(0.1)
+    collector.stop()
+    return _analyse(plan, actual, collector, target_rate, first_send, last_send, lag_max)
+
+
+def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], col: _Collector,
+             target_rate: float, first_send: int, last_send: int, lag_max: float) -> LoadResult:
+    intended_h = HdrHistogram(1, _MAX_US, 3)
+    actual_h = HdrHistogram(1, _MAX_US, 3)
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    windows: dict[int, list[tuple[float, int]]] = {}
+    t0 = plan[0][0] if plan else 0
+    for t, _k, _v, eid in plan:
+        got = col.first.get(eid)
+        if got is None:
+            continue
+        recv, p = got
+        lat = max(1, recv - t)
+        intended_h.record_value(min(lat, _MAX_US))
+        actual_h.record_value(min(max(1, recv - actual[eid]), _MAX_US))
+        stages["broker_and_fetch"].append((p["received_at"] - p["produced_at"]) / 1000)
+        stages["features"].append((p["features_at"] - p["received_at"]) / 1000)
+        stages["queue"].append((p["inference_started_at"] - p["features_at"]) / 1000)
+        stages["inference"].append((p["predicted_at"] - p["inference_started_at"]) / 1000)
+        stages["publish_and_read"].append((recv - p["predicted_at"]) / 1000)
+        windows.setdefault(int((t - t0) // 1_000_000), []).append((lat / 1000, int(p["batch_size"])))
+    sent_per_s: Counter[int] = Counter(int((a - t0) // 1_000_000) for a in actual.values())
+    series = []
+    for sec in sorted(set(windows) | set(sent_per_s)):
+        w = windows.get(sec, [])
+        series.append({
+            "t_s": float(sec),
+            "sent_per_s": float(sent_per_s.get(sec, 0)),
+            "p99_ms": float(np.percentile([x for x, _ in w], 99)) if w else float("nan"),
+            "p50_ms": float(np.percentile([x for x, _ in w], 50)) if w else float("nan"),
+            "batch_mean": float(np.mean([b for _, b in w])) if w else float("nan"),
+        })
+    span = max(1e-6, (last_send - first_send) / 1e6)
+    matched = sum(1 for *_, eid in plan if eid in col.first)
+    return LoadResult(
+        target_rate=target_rate,
+        achieved_rate=len(actual) / span if len(actual) > 1 else 0.0,
+        sent=len(actual),
+        matched=matched,
+        missing=len(plan) - matched,
+        duplicates=sum(c - 1 for c in col.seen.values() if c > 1),
+        generator_lag_max_ms=lag_max,
+        intended=intended_h,
+        actual=actual_h,
+        stages_ms={s: {"p50": round(float(np.percentile(v, 50)), 2), "p99": round(float(np.percentile(v, 99)), 2)}
+                   for s, v in stages.items() if v},
+        windows=series,
+    )
+
