@@ -1,27 +1,32 @@
 """`adaptive`: deadline-driven batching that learns the service time online and holds a p99 target.
 
-Each time the executor is free, with ``n`` rows queued, the oldest of age ``a``:
+Each time the executor is free, with ``n`` rows queued, the oldest of age ``a``,
+``mean(b)`` and ``p99(b)`` the service model's predictions for bucket ``b``,
+and ``lam`` the arrival-rate estimate (capped by ``(n + 1) / a``, the rate the
+queue itself shows, so a stale estimate after a drop cannot make rows wait):
 
-1. ``budget = slo_s * correction`` (the AIMD correction on the observed
-   windowed p99, 1 while the target is met).
-2. ``fit``: the largest bucket whose predicted p99 run time is at most
-   ``service_share * budget``. Under sustained load a row waits for the batch
-   in front of it and then for its own, so a batch may take about half the
-   budget.
-3. ``need``: the smallest bucket that keeps up with the arrival-rate estimate
-   ``lam`` at ``utilisation``: ``lam * mean(b) <= utilisation * b``.
-4. ``cap = max(fit, need)`` rows (never above ``max_rows``). ``n >= cap``:
-   send ``cap`` rows now (``full``; ``overload`` when ``need > fit``: the rate
-   needs batches the budget cannot afford, so it serves for throughput and the
-   bounded queue makes the consumer pause).
-5. Deadline: if ``a`` plus the predicted p99 run time of the batch with one
-   more row, plus ``guard_s``, reaches the budget, send the ``n`` rows now
-   (``deadline``).
-6. If ``n`` rows already keep up with the arrival rate (``lam * mean(bucket(n))
-   <= utilisation * n``), waiting would add latency without adding needed
-   throughput: send now (``keeps_up``).
-7. Otherwise wait, at most until the deadline of step 5; the caller asks
-   again at every arrival.
+1. ``fit``: the largest batch with ``mean(b) + p99(b) + guard_s <= slo_s``.
+   Under sustained load a row waits for about one batch in front of it and
+   then runs in its own.
+2. ``need``: the smallest batch that keeps up with ``lam``:
+   ``lam * mean(b) <= utilisation * b``.
+3. ``cap = max(fit, need)``. ``n >= cap``: send ``cap`` rows now (``full``;
+   ``overload`` when ``need > fit``: the rate needs batches larger than the
+   SLO affords, so it serves for throughput; the bounded queue fills and the
+   consumer pauses; nothing is dropped).
+4. ``budget = slo_s * correction``, the AIMD correction on the observed
+   windowed p99 (1 while the target is met). Deadline: if ``a`` plus the
+   predicted p99 of the batch with one more row, plus ``guard_s``, reaches the
+   budget, send the ``n`` rows now (``deadline``).
+5. If ``n`` rows already keep up with ``lam`` (``lam * mean(bucket(n)) <=
+   utilisation * n``), waiting would add latency and no needed throughput:
+   send now (``keeps_up``).
+6. Otherwise wait, at most until the deadline of step 4; the caller asks again
+   at every arrival.
+
+The correction only moves the deadline (it can make the policy more eager,
+never cap batches smaller): at high load a smaller cap would lower throughput,
+lengthen the queue and raise the p99 it reacts to.
 """
 
 from __future__ import annotations
@@ -48,10 +53,8 @@ class AdaptivePolicy(BatchPolicy):
         The largest batch (rows); must not exceed the largest bucket.
     buckets
         The batch-size buckets the session is warmed for (default: powers of two and half-steps).
-    service_share
-        Fraction of the budget one batch's p99 run time may take (step 2).
     utilisation
-        Executor utilisation above which a batch is too small for the arrival rate (steps 3, 6).
+        Executor utilisation above which a batch is too small for the arrival rate (steps 2, 5).
     guard_s
         Slack for the caller's wake-up delay and the hand-off to the executor.
     rate_tau_s
@@ -79,7 +82,6 @@ class AdaptivePolicy(BatchPolicy):
         max_rows: int,
         buckets: Sequence[int] | None = None,
         *,
-        service_share: float = 0.5,
         utilisation: float = 1.0,
         guard_s: float = 0.001,
         rate_tau_s: float = 0.25,
@@ -90,11 +92,10 @@ class AdaptivePolicy(BatchPolicy):
         provider: str = "cpu",
         service: ServiceModel | None = None,
     ) -> None:
-        if slo_s <= 0 or not 0 < service_share <= 1 or not 0 < utilisation <= 1 or guard_s < 0:
-            raise ValueError("slo_s > 0, 0 < service_share <= 1, 0 < utilisation <= 1, guard_s >= 0")
+        if slo_s <= 0 or not 0 < utilisation <= 1 or guard_s < 0:
+            raise ValueError("slo_s > 0, 0 < utilisation <= 1, guard_s >= 0")
         super().__init__(max_rows, buckets, provider=provider, service=service)
         self.slo_s = slo_s
-        self.service_share = service_share
         self.utilisation = utilisation
         self.guard_s = guard_s
         self.rate = ArrivalRate(rate_tau_s)
@@ -110,11 +111,11 @@ class AdaptivePolicy(BatchPolicy):
         return self.slo_s * self.correction.factor
 
     def fit_rows(self, budget_s: float) -> int:
-        """The largest batch size whose predicted p99 run time is within ``service_share * budget_s``."""
-        limit = self.service_share * budget_s
+        """The largest batch size that fits ``budget_s`` behind one batch like it: mean + p99 run time + guard."""
         best = self._sizes[0]
         for rows in self._sizes:
-            if self.service.p99(bucket_for(rows, self.buckets)) > limit:
+            b = bucket_for(rows, self.buckets)
+            if self.service.mean(b) + self.service.p99(b) + self.guard_s > budget_s:
                 break
             best = rows
         return best
@@ -135,7 +136,7 @@ class AdaptivePolicy(BatchPolicy):
         if age > 0:  # n + 1 rows in `age` seconds at most: a stale estimate after a drop must not make rows wait
             lam = min(lam, (n + 1) / age)
         budget = self.budget_s
-        fit = self.fit_rows(budget)
+        fit = self.fit_rows(self.slo_s)
         need = self.needed_rows(lam)
         cap = max(fit, need)
         if n >= cap:
