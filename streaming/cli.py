@@ -355,6 +355,20 @@ def bench_features(quick: bool, as_json: bool) -> None:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
+@bench.command("batching")
+@click.option("--quick", is_flag=True, help="A short run (about a minute).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports/bench-batching"), show_default=True, help="Where the PNG plots go.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_friendly
+def bench_batching(quick: bool, out_dir: Path, as_json: bool) -> None:
+    """Batch policies (none, a static grid, adaptive) under open-loop Poisson load, in process (docs/batching.md)."""
+    from streaming.bench.batching import run_batching_bench
+
+    result = run_batching_bench(quick=quick, out_dir=out_dir, say=lambda m: click.echo(m, err=as_json))
+    _emit(result, as_json)
+
+
 # -- load tests --------------------------------------------------------------
 def _emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:

@@ -185,7 +185,7 @@ def test_adaptive_under_overload_serves_every_row_at_max_rows() -> None:
 
 
 def test_dispatch_is_fifo_and_records_reason_wait_and_prediction() -> None:
-    arrivals = np.concatenate([poisson(300, 2.0, seed=2), 2.0 + poisson(3_000, 2.0, seed=3)])
+    arrivals = np.concatenate([poisson(300, 2.0, seed=2), 2.0 + poisson(3_400, 2.0, seed=3)])
     latency, completion, ds = simulate(AdaptivePolicy(SLO, 256, BUCKETS, service=seeded()), arrivals)
     assert np.all(np.diff(completion) >= 0)  # rows complete in arrival order
     reasons = {d.reason for d in ds}
@@ -226,20 +226,29 @@ def test_adaptive_feedback_shrinks_the_budget_when_p99_misses_unless_overloaded(
         policy.observe(d, 0.01, [0.2] * 30)
     assert policy.budget_s <= 0.4 * SLO
 
-    # the cut moves the deadline earlier. A batch costs ~10 ms whatever its size: 4 rows whose oldest waited 8 ms
-    # do not keep up with the rate the queue shows (5 rows in 8 ms), so they wait under the full SLO (deadline at
-    # 50 - 10 - 1 ms) but go now under the cut budget (15 ms: deadline at 15 - 10 - 1 ms).
-    def flat(b: int) -> float:
-        return 0.010 + 0.00001 * b
-
-    fresh = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded(cost=flat))
-    corrected = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded(cost=flat))
+    # the cut moves the deadline earlier. At 3,400 rows/s the policy waits for full 64-row batches (the most
+    # rows per second within the SLO); 40 rows whose oldest waited 10 ms would wait under the full SLO
+    # (deadline at 50 - p99(48 rows) - 1 = 35 ms) but go now under the cut budget (15 - 14 - 1 = 0 ms).
+    fresh = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
+    corrected = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
     corrected.correction.factor = policy.correction.factor
-    fresh.rate.rate = corrected.rate.rate = 5_000.0
-    state = QueueState(4, 0.992, 1_000)
-    assert isinstance(fresh.next_action(1.0, state), Wait)
+    fresh.rate.rate = corrected.rate.rate = 3_400.0
+    state = QueueState(40, 0.990, 1_000)
+    assert fresh.next_action(1.0, state) == Wait(until_s=pytest.approx(0.990 + 0.035))
     d = corrected.next_action(1.0, state)
-    assert isinstance(d, Dispatch) and d.reason is DispatchReason.DEADLINE
+    assert isinstance(d, Dispatch) and d.reason is DispatchReason.DEADLINE and d.rows == 40
+
+
+def test_adaptive_is_greedy_at_light_load_and_waits_for_efficient_batches_near_capacity() -> None:
+    light = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
+    light.rate.rate = 1_000.0
+    d = light.next_action(1.0, QueueState(10, 0.995, 1_000))
+    assert isinstance(d, Dispatch) and (d.rows, d.reason) == (10, DispatchReason.KEEPS_UP)
+    near = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
+    near.rate.rate = 3_400.0  # above 90 % of what any batch within the SLO serves, below 64-row batches' 3,555/s
+    assert isinstance(near.next_action(1.0, QueueState(50, 0.9855, 1_000)), Wait)
+    d = near.next_action(1.0041, QueueState(64, 0.9855, 1_014))
+    assert isinstance(d, Dispatch) and (d.rows, d.reason) == (64, DispatchReason.FULL)
 
 
 def test_service_models_are_per_provider() -> None:

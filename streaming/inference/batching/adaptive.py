@@ -1,32 +1,39 @@
 """`adaptive`: deadline-driven batching that learns the service time online and holds a p99 target.
 
 Each time the executor is free, with ``n`` rows queued, the oldest of age ``a``,
-``mean(b)`` and ``p99(b)`` the service model's predictions for bucket ``b``,
-and ``lam`` the arrival-rate estimate (capped by ``(n + 1) / a``, the rate the
-queue itself shows, so a stale estimate after a drop cannot make rows wait):
+``mean(b)`` and ``p99(b)`` the service model's predictions for a batch of
+``b`` rows (padded to its bucket), and ``lam`` the arrival-rate estimate
+(capped by ``n / a``, the rate the queue itself shows, so a stale
+estimate after a drop cannot make rows wait):
 
 1. ``fit``: the largest batch with ``mean(b) + p99(b) + guard_s <= slo_s``.
    Under sustained load a row waits for about one batch in front of it and
    then runs in its own.
-2. ``need``: the smallest batch that keeps up with ``lam``:
-   ``lam * mean(b) <= utilisation * b``.
-3. ``cap = max(fit, need)``. ``n >= cap``: send ``cap`` rows now (``full``;
-   ``overload`` when ``need > fit``: the rate needs batches larger than the
-   SLO affords, so it serves for throughput; the bounded queue fills and the
-   consumer pauses; nothing is dropped).
-4. ``budget = slo_s * correction``, the AIMD correction on the observed
-   windowed p99 (1 while the target is met). Deadline: if ``a`` plus the
-   predicted p99 of the batch with one more row, plus ``guard_s``, reaches the
-   budget, send the ``n`` rows now (``deadline``).
-5. If ``n`` rows already keep up with ``lam`` (``lam * mean(bucket(n)) <=
-   utilisation * n``), waiting would add latency and no needed throughput:
-   send now (``keeps_up``).
-6. Otherwise wait, at most until the deadline of step 4; the caller asks again
-   at every arrival.
+2. The target worth waiting for: ``full``, the size within ``fit`` with the
+   most rows per second (``best``), when it serves ``lam``; otherwise
+   ``overload``, the smallest larger size that serves ``lam``, else the size
+   with the most rows per second. In overload the SLO is out of reach; the
+   policy serves for throughput, the bounded queue fills and the consumer
+   pauses. Nothing is dropped.
+3. ``keeps_up``: while there is slack (``lam <= utilisation * rps(best)``),
+   send the queue now, up to ``fit`` rows, provided that batch alone serves at
+   least ``greedy_share`` of ``lam``. This is greedy batching: the rows that
+   queue while the executor runs make the next batch, and waiting would add
+   latency, not needed throughput; only a batch far too small for the rate
+   (one row when the executor frees at a high rate) waits for more. Near
+   capacity (no slack) wait for the target instead: a half-empty or
+   inefficient bucket would waste throughput the rate now needs. With ``n`` at
+   the target, send it.
+4. Below the target, the deadline: once ``a`` plus
+   the predicted p99 of the batch with one more row, plus ``guard_s``, reaches
+   the budget ``slo_s * correction``, send the ``n`` rows (``deadline``);
+   until then wait (the caller asks again at every arrival).
 
-The correction only moves the deadline (it can make the policy more eager,
-never cap batches smaller): at high load a smaller cap would lower throughput,
-lengthen the queue and raise the p99 it reacts to.
+``correction`` is the AIMD factor on the observed windowed p99 (1 while the
+target is met; never cut in a window with an overload dispatch). It only moves
+the deadline, so it can make the policy more eager but never caps batches
+smaller: at high load a smaller cap would lower throughput, lengthen the queue
+and raise the very p99 it reacts to.
 """
 
 from __future__ import annotations
@@ -54,7 +61,11 @@ class AdaptivePolicy(BatchPolicy):
     buckets
         The batch-size buckets the session is warmed for (default: powers of two and half-steps).
     utilisation
-        Executor utilisation above which a batch is too small for the arrival rate (steps 2, 5).
+        Below this fraction of the most efficient batch's throughput the policy batches greedily;
+        above it, it waits for full, efficient batches (or the deadline).
+    greedy_share
+        A greedy batch must alone serve at least this share of the arrival rate; a smaller one
+        (one row when the executor frees at a high rate) waits for more rows.
     guard_s
         Slack for the caller's wake-up delay and the hand-off to the executor.
     rate_tau_s
@@ -82,7 +93,8 @@ class AdaptivePolicy(BatchPolicy):
         max_rows: int,
         buckets: Sequence[int] | None = None,
         *,
-        utilisation: float = 1.0,
+        utilisation: float = 0.9,
+        greedy_share: float = 0.5,
         guard_s: float = 0.001,
         rate_tau_s: float = 0.25,
         feedback_interval_s: float = 0.5,
@@ -92,11 +104,12 @@ class AdaptivePolicy(BatchPolicy):
         provider: str = "cpu",
         service: ServiceModel | None = None,
     ) -> None:
-        if slo_s <= 0 or not 0 < utilisation <= 1 or guard_s < 0:
-            raise ValueError("slo_s > 0, 0 < utilisation <= 1, guard_s >= 0")
+        if slo_s <= 0 or not 0 < utilisation <= 1 or not 0 <= greedy_share <= 1 or guard_s < 0:
+            raise ValueError("slo_s > 0, 0 < utilisation <= 1, 0 <= greedy_share <= 1, guard_s >= 0")
         super().__init__(max_rows, buckets, provider=provider, service=service)
         self.slo_s = slo_s
         self.utilisation = utilisation
+        self.greedy_share = greedy_share
         self.guard_s = guard_s
         self.rate = ArrivalRate(rate_tau_s)
         self.correction = AimdCorrection(slo_s, interval_s=feedback_interval_s, decrease=feedback_decrease,
@@ -120,12 +133,32 @@ class AdaptivePolicy(BatchPolicy):
             best = rows
         return best
 
-    def needed_rows(self, rate: float) -> int:
-        """The smallest batch size that keeps up with ``rate`` rows/s at ``utilisation``."""
+    def rows_per_s(self, rows: int) -> float:
+        """Predicted throughput of batches of ``rows`` (padded to their bucket)."""
+        return rows / self.service.mean(bucket_for(rows, self.buckets))
+
+    def target_rows(self, rate: float) -> tuple[int, float, DispatchReason]:
+        """The batch worth waiting for at ``rate`` rows/s: (rows, their rows/s, reason it would go).
+
+        The size within ``fit`` with the most rows per second if it serves ``rate`` (``full``);
+        otherwise the smallest larger size that does, or the size with the most rows per second
+        (``overload``).
+        """
+        fit = self.fit_rows(self.slo_s)
+        best, best_rps = self._sizes[0], 0.0
         for rows in self._sizes:
-            if rate * self.service.mean(bucket_for(rows, self.buckets)) <= self.utilisation * rows:
-                return rows
-        return self.max_rows
+            rps = self.rows_per_s(rows)
+            if rows <= fit and rps > best_rps:
+                best, best_rps = rows, rps
+        if rate <= best_rps:
+            return best, best_rps, DispatchReason.FULL
+        for rows in self._sizes:
+            rps = self.rows_per_s(rows)
+            if rows > fit and rate <= rps:
+                return rows, rps, DispatchReason.OVERLOAD
+            if rps > best_rps:
+                best, best_rps = rows, rps
+        return best, best_rps, DispatchReason.OVERLOAD
 
     def next_action(self, now: float, queue: QueueState) -> Dispatch | Wait:
         lam = self.rate.update(now, queue.arrived_total)
@@ -133,19 +166,18 @@ class AdaptivePolicy(BatchPolicy):
         if n == 0:
             return Wait()
         age = now - queue.oldest_arrival_s
-        if age > 0:  # n + 1 rows in `age` seconds at most: a stale estimate after a drop must not make rows wait
-            lam = min(lam, (n + 1) / age)
-        budget = self.budget_s
-        fit = self.fit_rows(self.slo_s)
-        need = self.needed_rows(lam)
-        cap = max(fit, need)
-        if n >= cap:
-            return self._dispatch(now, queue, cap, DispatchReason.OVERLOAD if need > fit else DispatchReason.FULL)
-        latest = queue.oldest_arrival_s + budget - self.service.p99(bucket_for(n + 1, self.buckets)) - self.guard_s
+        if age > 0:  # the rate the queue itself shows: a stale estimate after a drop must not make rows wait
+            lam = min(lam, n / age)
+        target, target_rps, reason = self.target_rows(lam)
+        rows = min(n, self.fit_rows(self.slo_s))
+        if reason is DispatchReason.FULL and lam <= self.utilisation * target_rps \
+                and self.rows_per_s(rows) >= self.greedy_share * lam:
+            return self._dispatch(now, queue, rows, DispatchReason.KEEPS_UP)
+        if n >= target:
+            return self._dispatch(now, queue, target, reason)
+        latest = queue.oldest_arrival_s + self.budget_s - self.service.p99(bucket_for(n + 1, self.buckets)) - self.guard_s
         if now >= latest:
             return self._dispatch(now, queue, n, DispatchReason.DEADLINE)
-        if lam * self.service.mean(bucket_for(n, self.buckets)) <= self.utilisation * n:
-            return self._dispatch(now, queue, n, DispatchReason.KEEPS_UP)
         return Wait(latest)
 
     def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Sequence[float] = ()) -> None:
