@@ -1,6 +1,7 @@
 """How window features map onto per-entity state (the plan the store and the reference share).
 
-Each entity value (e.g. one card) has one Redis hash. Window features of that
+Each entity value (e.g. one card) has one Redis key holding a MessagePack map.
+Window features of that
 entity that share a bucket size form a *tile group*; a group keeps, per
 bucket, the count ``n`` and the partial aggregates its features need (sum,
 sum of squares, min, max per field). Distinct counts use one HyperLogLog per

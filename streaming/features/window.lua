@@ -15,9 +15,6 @@ local nev = (#ARGV - 3) / stride
 local fmt, floor, tonumber = string.format, math.floor, tonumber
 -- a bucket is one array: [1] count, [S+f] sum, [Q+f] sum of squares, [MI+f] min, [MA+f] max of field f
 local S, Q, MI, MA = 1, 1 + nn, 1 + 2 * nn, 1 + 3 * nn
-for gi, g in ipairs(plan.groups) do
-  g.lok, g.hik = gi .. '|lo', gi .. '|hi'
-end
 
 local wmkey = prefix .. 'wm'
 local wm0 = tonumber(redis.call('GET', wmkey) or '') or 0
