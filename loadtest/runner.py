@@ -4,13 +4,13 @@ Every event is encoded before the run starts, with its intended send time as its
 event time, so the send loop only hands bytes to the producer. Latency is
 recorded twice in HdrHistograms: from the *intended* send time (corrected for
 coordinated omission: a generator that falls behind cannot hide the queue it
-built) and from the actual send time. The generator's own lag behind the
+built) and from the actual send time. The reader runs in its own process
+(:mod:`loadtest.reader`), so it and the send loop do not share a GIL. The generator's own lag behind the
 schedule is reported, and the run fails when it sent below 95% of the target.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -21,9 +21,9 @@ import numpy as np
 from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram
 
-from streaming.events.codec import Codec, DecodeError
+from loadtest.reader import ReaderProcess, ReadResult
+from streaming.events.codec import Codec
 from streaming.events.producer import entity_key
-from streaming.events.reader import TopicReader
 from streaming.pipeline.spec import Pipeline
 from streaming.synthetic.registry import generator_for
 
@@ -81,43 +81,6 @@ class LoadResult:
         }
 
 
-class _Collector:
-    """Reads predictions (assign(), no group join) and keeps what the analysis needs, per event id."""
-
-    def __init__(self, bootstrap: str, topic: str, codec: Codec) -> None:
-        self.codec = codec
-        self.reader = TopicReader(bootstrap, topic, from_beginning=True)
-        self.first: dict[str, tuple[int, dict[str, Any]]] = {}
-        self.seen: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name="loadtest-collector", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msgs = self.reader.poll(0.005)
-            now = time.time_ns() // 1000
-            with self._lock:
-                for m in msgs:
-                    try:
-                        p = self.codec.decode("prediction", m.value())
-                    except DecodeError:
-                        continue
-                    eid = p["event_id"]
-                    self.seen[eid] += 1
-                    if eid not in self.first:
-                        self.first[eid] = (now, p)
-        self.reader.close()
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.first)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
-
-
 def _prepare(pipeline: Pipeline, codec: Codec, offsets: Iterable[float], start_us: int, seed: int,
              id_prefix: str) -> list[tuple[int, bytes, bytes, str]]:
     """(intended µs, key, value, event id) for every scheduled event, encoded ahead of the run."""
@@ -144,14 +107,31 @@ def run_load(
     linger_ms: float = 20.0,
     drain_s: float = 10.0,
     seed: int = 0,
+    match: str = "prediction",
     progress: Callable[[int, int, int], None] = lambda _sent, _total, _got: None,
 ) -> LoadResult:
-    start_us = (time.time_ns() // 1000) + 2_000_000  # 2 s to encode and to let the reader settle
-    plan = _prepare(pipeline, codec, offsets, start_us, seed, f"lt{start_us}-")
+    """Send ``offsets`` open loop to ``events_topic`` and match what arrives on ``predictions_topic``.
+
+    ``match="prediction"``: the worker's predictions (with the stage breakdown); ``"event"``: records
+    of the event schema (a forwarder's pass-through, or ``events_topic`` itself read back).
+    The reader runs in its own process (:mod:`loadtest.reader`).
+    """
+    offsets = list(offsets)
+    reader = ReaderProcess(bootstrap, predictions_topic, codec, match=match, event_subject=pipeline.event.schema,
+                           id_field=pipeline.event.id_field)
+    try:
+        # every event is encoded before the first send; the schedule starts once that and the reader are done
+        t0 = time.perf_counter()
+        _prepare(pipeline, codec, offsets[:500], time.time_ns() // 1000, seed, "calibrate-")
+        per_event_s = (time.perf_counter() - t0) / max(1, min(500, len(offsets)))
+        start_us = (time.time_ns() // 1000) + int((1.0 + 1.3 * per_event_s * len(offsets)) * 1e6)
+        plan = _prepare(pipeline, codec, offsets, start_us, seed, f"lt{start_us}-")
+        reader.wait_ready()
+    except BaseException:
+        reader.stop(10)
+        raise
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
                          "queue.buffering.max.messages": 1_000_000, "log.connection.close": False})
-    collector = _Collector(bootstrap, predictions_topic, codec)
-    collector.thread.start()
     actual: dict[str, int] = {}
     lag_max = 0.0
     last_tick = 0.0
@@ -175,24 +155,24 @@ def run_load(
         producer.poll(0)
         if now_us / 1e6 - last_tick >= 0.5:
             last_tick = now_us / 1e6
-            progress(i + 1, len(plan), collector.count())
+            progress(i + 1, len(plan), reader.count())
     first_send = plan[0][0] if plan else start_us
     last_send = max(actual.values()) if actual else start_us
     producer.flush(30)
     deadline = time.monotonic() + drain_s
-    while collector.count() < len(plan) and time.monotonic() < deadline:
-        progress(len(plan), len(plan), collector.count())
+    while reader.count() < len(plan) and time.monotonic() < deadline:
+        progress(len(plan), len(plan), reader.count())
         time.sleep(0.1)
-    collector.stop()
-    return _analyse(plan, actual, collector, target_rate, first_send, last_send, lag_max)
+    got = reader.stop()
+    return _analyse(plan, actual, got, target_rate, first_send, last_send, lag_max)
 
 
-def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], col: _Collector,
+def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], col: ReadResult,
              target_rate: float, first_send: int, last_send: int, lag_max: float) -> LoadResult:
     intended_h = HdrHistogram(1, _MAX_US, 3)
     actual_h = HdrHistogram(1, _MAX_US, 3)
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
-    windows: dict[int, list[tuple[float, int]]] = {}
+    windows: dict[int, list[tuple[float, float]]] = {}
     t0 = plan[0][0] if plan else 0
     for t, _k, _v, eid in plan:
         got = col.first.get(eid)
@@ -202,12 +182,15 @@ def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], 
         lat = max(1, recv - t)
         intended_h.record_value(min(lat, _MAX_US))
         actual_h.record_value(min(max(1, recv - actual[eid]), _MAX_US))
-        stages["broker_and_fetch"].append((p["received_at"] - p["produced_at"]) / 1000)
-        stages["features"].append((p["features_at"] - p["received_at"]) / 1000)
-        stages["queue"].append((p["inference_started_at"] - p["features_at"]) / 1000)
-        stages["inference"].append((p["predicted_at"] - p["inference_started_at"]) / 1000)
-        stages["publish_and_read"].append((recv - p["predicted_at"]) / 1000)
-        windows.setdefault(int((t - t0) // 1_000_000), []).append((lat / 1000, int(p["batch_size"])))
+        batch = float("nan")  # a forwarded event carries no batch size
+        if p is not None:  # a prediction: STAGE_FIELDS
+            produced_at, received_at, features_at, inference_started_at, predicted_at, batch = p
+            stages["broker_and_fetch"].append((received_at - produced_at) / 1000)
+            stages["features"].append((features_at - received_at) / 1000)
+            stages["queue"].append((inference_started_at - features_at) / 1000)
+            stages["inference"].append((predicted_at - inference_started_at) / 1000)
+            stages["publish_and_read"].append((recv - predicted_at) / 1000)
+        windows.setdefault(int((t - t0) // 1_000_000), []).append((lat / 1000, float(batch)))
     sent_per_s: Counter[int] = Counter(int((a - t0) // 1_000_000) for a in actual.values())
     series = []
     for sec in sorted(set(windows) | set(sent_per_s)):
@@ -217,7 +200,7 @@ def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], 
             "sent_per_s": float(sent_per_s.get(sec, 0)),
             "p99_ms": float(np.percentile([x for x, _ in w], 99)) if w else float("nan"),
             "p50_ms": float(np.percentile([x for x, _ in w], 50)) if w else float("nan"),
-            "batch_mean": float(np.mean([b for _, b in w])) if w else float("nan"),
+            "batch_mean": float(np.nanmean(bs)) if (bs := [b for _, b in w if b == b]) else float("nan"),
         })
     span = max(1e-6, (last_send - first_send) / 1e6)
     matched = sum(1 for *_, eid in plan if eid in col.first)
@@ -227,7 +210,7 @@ def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], 
         sent=len(actual),
         matched=matched,
         missing=len(plan) - matched,
-        duplicates=sum(c - 1 for c in col.seen.values() if c > 1),
+        duplicates=col.duplicates,
         generator_lag_max_ms=lag_max,
         intended=intended_h,
         actual=actual_h,

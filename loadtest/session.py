@@ -6,23 +6,82 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
 from tqdm import tqdm
 
 from loadtest.report import plot_capacity, write_report
 from loadtest.runner import run_load
 from loadtest.schedule import Phase, schedule
 from streaming.demo import count_records
+from streaming.errors import UserError
+from streaming.events.producer import entity_key
+from streaming.events.reader import TopicReader
 from streaming.events.topics import ensure_topics
 from streaming.infra.processes import free_port
 from streaming.infra.stack import Stack, check_broker, resolve_endpoints
 from streaming.settings import Settings
+from streaming.synthetic.registry import generator_for
 from streaming.worker.process import WorkerProcess
 from streaming.worker.runtime import load_components
 
-__all__ = ["LoadSession"]
+__all__ = ["LoadSession", "Target", "System", "capacity_search", "CURVE_KEYS"]
+
+#: what a capacity curve keeps of each step
+CURVE_KEYS = ("target_rate", "achieved_rate", "p50_ms", "p99_ms", "p999_ms", "missing", "slo_pass")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one run drives: where the generator sends, where the reader reads, and what it matches there.
+
+    ``match``: ``"prediction"`` (the worker's predictions, with the stage breakdown) or ``"event"``
+    (records of the event schema: a forwarder's pass-through, or ``events_topic`` itself read back).
+    ``warm_up``: before the measured schedule, send one event and wait until something comes out
+    (the system has its partitions and its first record went through).
+    """
+
+    events_topic: str
+    output_topic: str
+    match: str = "prediction"
+    dlq_topic: str | None = None
+    warm_up: bool = True
+
+
+#: starts a system on fresh topics for one run and stops it after (a context manager factory)
+System = Callable[[], AbstractContextManager[Target]]
+
+
+def capacity_search(probe: Callable[[float], bool], *, start_rate: float, max_rate: float,
+                    refine: int = 2) -> tuple[float, float | None]:
+    """MLPerf-server style: multiply the rate by 1.5 from ``start_rate`` until a step fails, then bisect ``refine`` times.
+
+    Returns (the highest passing rate or 0, the lowest failing rate or None when none failed).
+
+    >>> capacity_search(lambda r: r <= 3000, start_rate=1000, max_rate=50000)
+    (2812.5, 3375.0)
+    >>> capacity_search(lambda r: True, start_rate=100, max_rate=200)
+    (150.0, None)
+    """
+    good, bad = 0.0, None
+    rate = start_rate
+    while rate <= max_rate:
+        if probe(rate):
+            good, rate = rate, rate * 1.5
+        else:
+            bad = rate
+            break
+    for _ in range(refine if bad is not None else 0):
+        mid = (good + bad) / 2 if good else bad / 2  # type: ignore[operator]
+        if probe(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, bad
 
 
 class LoadSession:
@@ -53,13 +112,18 @@ class LoadSession:
         if self._stack is not None:
             self._stack.down()
 
+    def fresh_topics(self, names: dict[str, str], tag: str) -> dict[str, str]:
+        """Create ``{key: f"{name}-{tag}"}`` topics (the settings' partition count) and return their names."""
+        topics = {k: f"{v}-{tag}" for k, v in names.items()}
+        ensure_topics(self.bootstrap, topics.values(), self.settings.topic_partitions)
+        return topics
+
     @contextlib.contextmanager
     def worker(self) -> Iterator[dict[str, str]]:
         tag = uuid.uuid4().hex[:8]
-        topics = {"STREAMING_TOPIC_EVENTS": f"events-lt-{tag}", "STREAMING_TOPIC_PREDICTIONS": f"predictions-lt-{tag}",
-                  "STREAMING_TOPIC_LABELS": f"labels-lt-{tag}", "STREAMING_TOPIC_RETRAIN": f"retrain-lt-{tag}",
-                  "STREAMING_TOPIC_DLQ": f"dlq-lt-{tag}"}
-        ensure_topics(self.bootstrap, topics.values(), self.settings.topic_partitions)
+        topics = self.fresh_topics({"STREAMING_TOPIC_EVENTS": "events-lt", "STREAMING_TOPIC_PREDICTIONS": "predictions-lt",
+                                    "STREAMING_TOPIC_LABELS": "labels-lt", "STREAMING_TOPIC_RETRAIN": "retrain-lt",
+                                    "STREAMING_TOPIC_DLQ": "dlq-lt"}, tag)
         env = {**topics, "STREAMING_BROKER_URL": self.bootstrap, "STREAMING_REDIS_URL": self.redis_url,
                "STREAMING_APP_ID": f"loadtest-{tag}", "STREAMING_METRICS_PORT": str(free_port()),
                "STREAMING_RUN_DIR": str(self.settings.run_path)}
@@ -69,28 +133,61 @@ class LoadSession:
         finally:
             w.stop()
 
+    @contextlib.contextmanager
+    def worker_target(self) -> Iterator[Target]:
+        """Our worker on the pipeline (fresh topics, a fresh worker): the default system of a run."""
+        with self.worker() as env:
+            yield Target(env["STREAMING_TOPIC_EVENTS"], env["STREAMING_TOPIC_PREDICTIONS"], "prediction",
+                         env["STREAMING_TOPIC_DLQ"])
+
+    def warm_up(self, target: Target, timeout: float = 90.0) -> None:
+        """Send one event (not part of any schedule) and wait until a record comes out of ``target``."""
+        spec = self.pipeline.event
+        tag = uuid.uuid4().hex[:8]
+        item = next(iter(generator_for(self.pipeline, rate=1.0, seed=1, start_us=time.time_ns() // 1000,
+                                       id_prefix=f"warmup-{tag}-")))
+        ev = dict(item.event)
+        ev[spec.time_field] = time.time_ns() // 1000
+        reader = TopicReader(self.bootstrap, target.output_topic, from_beginning=True)
+        producer = Producer({"bootstrap.servers": self.bootstrap, "log.connection.close": False})
+        try:
+            producer.produce(target.events_topic, key=entity_key(ev, spec.key).encode(),
+                             value=self.codec.encode(spec.schema, ev))
+            producer.flush(10)
+            deadline = time.monotonic() + timeout
+            while not reader.poll(0.1):
+                if time.monotonic() > deadline:
+                    raise UserError(f"nothing came out on {target.output_topic} within {timeout:.0f}s of the warm-up event")
+        finally:
+            reader.close()
+
     def run(self, *, profile: str, rate: float, duration_s: float, slo_p99_ms: float, linger_ms: float = 20.0,
             steps: list[Phase] | None = None, replay: list[float] | None = None, seed: int = 0,
-            report_dir: Path | None = None, show_progress: bool = True) -> dict[str, Any]:
+            report_dir: Path | None = None, show_progress: bool = True, system: System | None = None,
+            drain_s: float = 10.0) -> dict[str, Any]:
+        """One run on a fresh ``system`` (default: our worker, :meth:`worker_target`)."""
         offsets = list(schedule(profile, rate=rate, duration_s=duration_s, seed=seed, steps=steps, replay=replay))
         if profile == "step" and steps:
             duration_s = sum(p.duration_s for p in steps)
         target = len(offsets) / duration_s if duration_s else 0.0
-        with self.worker() as env:
+        with (system or self.worker_target)() as tgt:
+            if tgt.warm_up:
+                self.warm_up(tgt)
             bar = tqdm(total=len(offsets), unit="ev", desc=f"{profile} {target:,.0f}/s", disable=not show_progress,
                        dynamic_ncols=True, mininterval=0.5)
 
             def progress(sent: int, total: int, got: int) -> None:
                 bar.n = sent
-                bar.set_postfix_str(f"predictions {got}")
+                bar.set_postfix_str(f"received {got}")
 
             started_ms = int(time.time() * 1000)
-            result = run_load(bootstrap=self.bootstrap, events_topic=env["STREAMING_TOPIC_EVENTS"],
-                              predictions_topic=env["STREAMING_TOPIC_PREDICTIONS"], pipeline=self.pipeline,
+            result = run_load(bootstrap=self.bootstrap, events_topic=tgt.events_topic,
+                              predictions_topic=tgt.output_topic, pipeline=self.pipeline,
                               codec=self.codec, offsets=offsets, target_rate=target, linger_ms=linger_ms,
-                              seed=seed, progress=progress)
+                              seed=seed, match=tgt.match, progress=progress, drain_s=drain_s)
             bar.close()
-            result.dead_letters = count_records(self.bootstrap, env["STREAMING_TOPIC_DLQ"], started_ms)
+            if tgt.dlq_topic:
+                result.dead_letters = count_records(self.bootstrap, tgt.dlq_topic, started_ms)
         summary = result.summary(slo_p99_ms)
         summary.update({"profile": profile, "duration_s": duration_s, "generator_linger_ms": linger_ms,
                         "partitions": self.settings.topic_partitions})
@@ -100,38 +197,26 @@ class LoadSession:
         return summary
 
     def capacity(self, *, slo_p99_ms: float, step_s: float, start_rate: float, max_rate: float,
-                 report_dir: Path | None, refine: int = 2) -> dict[str, Any]:
+                 report_dir: Path | None, refine: int = 2, system: System | None = None, label: str = "capacity",
+                 linger_ms: float = 20.0) -> dict[str, Any]:
         """Highest Poisson rate with p99 <= SLO, nothing missing, and the generator keeping up."""
         curve: list[dict[str, Any]] = []
 
         def probe(rate: float) -> bool:
-            s = self.run(profile="poisson", rate=rate, duration_s=step_s, slo_p99_ms=slo_p99_ms, show_progress=False)
+            s = self.run(profile="poisson", rate=rate, duration_s=step_s, slo_p99_ms=slo_p99_ms, show_progress=False,
+                         system=system, linger_ms=linger_ms)
             curve.append(s)
-            self.say(f"capacity: {rate:>8,.0f}/s  achieved {s['achieved_rate']:>8,.0f}/s  p99 {s['p99_ms']:>8.1f} ms  "
+            self.say(f"{label}: {rate:>8,.0f}/s  achieved {s['achieved_rate']:>8,.0f}/s  p99 {s['p99_ms']:>8.1f} ms  "
                      f"missing {s['missing']}  {'pass' if s['slo_pass'] else 'FAIL'}")
             return bool(s["slo_pass"])
 
-        good, bad = 0.0, None
-        rate = start_rate
-        while rate <= max_rate:
-            if probe(rate):
-                good, rate = rate, rate * 1.5
-            else:
-                bad = rate
-                break
-        for _ in range(refine if bad is not None else 0):
-            mid = (good + bad) / 2 if good else bad / 2  # type: ignore[operator]
-            if probe(mid):
-                good = mid
-            else:
-                bad = mid
+        good, bad = capacity_search(probe, start_rate=start_rate, max_rate=max_rate, refine=refine)
         out: dict[str, Any] = {
             "slo_p99_ms": slo_p99_ms,
             "max_rate_at_slo": round(good, 1),
             "first_failing_rate": None if bad is None else round(bad, 1),
             "step_duration_s": step_s,
-            "curve": [{k: c[k] for k in ("target_rate", "achieved_rate", "p50_ms", "p99_ms", "p999_ms", "missing",
-                                         "slo_pass")} for c in curve],
+            "curve": [{k: c[k] for k in CURVE_KEYS} for c in curve],
         }
         if report_dir is not None:
             out["plot"] = str(plot_capacity(report_dir, out["curve"], slo_p99_ms))
