@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
@@ -91,31 +92,50 @@ class RedisFeatureStore:
         self._plan_json = orjson.dumps(self.plan.to_json()).decode()
         self._script = client.register_script(_SCRIPT)
         self._n_reads = len(self.plan.reads)
+        self._tags = ["+".join(ent) for ent in self.plan.entities]
         self.round_trips = 0
 
     @classmethod
     def from_url(cls, url: str, pipeline: Pipeline, **kwargs: Any) -> RedisFeatureStore:
         return cls(aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0), pipeline, **kwargs)
 
+    def entity_key(self, slot: int, value: str) -> str:
+        """The Redis key of one entity value (slot: 1-based index into ``plan.entities``)."""
+        return f"{self.prefix}e2:{{{self._tags[slot - 1]}={value}}}"
+
     async def update_and_read(self, events: Sequence[dict[str, Any]]) -> list[WindowResult]:
         if not events:
             return []
         spec = self.pipeline.event
-        args: list[Any] = [self._plan_json, self.prefix, self.dedupe_ttl_s]
+        plan = self.plan
+        ne = len(plan.entities)
+        # the batch's distinct entity keys, per entity slot, and each event's index into them
+        index: list[dict[str, int]] = [{} for _ in range(ne)]
+        per_event: list[Any] = []
         for ev in events:
-            args.append(str(ev[spec.id_field]))
-            args.append(int(ev[spec.time_field]) // 1_000_000)
-            args.extend(self.plan.entity_values(ev))
-            args.extend(repr(v) for v in self.plan.numeric_values(ev))
-            args.extend(self.plan.distinct_values(ev))
+            per_event.append(str(ev[spec.id_field]))
+            per_event.append(int(ev[spec.time_field]) // 1_000_000)
+            per_event.extend(plan.entity_values(ev))  # replaced by key indices below
+            per_event.extend(repr(v) for v in plan.numeric_values(ev))
+            per_event.extend(plan.distinct_values(ev))
+        stride = 2 + ne + len(plan.numeric) + len(plan.distinct)
+        for s in range(ne):
+            idx = index[s]
+            for pos in range(2 + s, len(per_event), stride):
+                per_event[pos] = idx.setdefault(per_event[pos], len(idx))
+        keys: list[str] = []
+        offset = 1
+        for s in range(ne):
+            keys.extend(self.entity_key(s + 1, v) for v in index[s])
+            for pos in range(2 + s, len(per_event), stride):
+                per_event[pos] += offset
+            offset += len(index[s])
+        args: list[Any] = [self._plan_json, self.prefix, self.dedupe_ttl_s, *(len(i) for i in index), *per_event]
         self.round_trips += 1
-        raw = await self._script(keys=[], args=args)
-        stride = self._n_reads + 1
-        out = []
-        for i in range(len(events)):
-            row = raw[i * stride : (i + 1) * stride]
-            out.append(WindowResult.from_status([float(v) for v in row[:-1]], int(row[-1])))
-        return out
+        raw = await self._script(keys=keys, args=args)
+        stride_out = self._n_reads + 1
+        rows = np.frombuffer(raw, dtype="<f8").reshape(len(events), stride_out)
+        return [WindowResult.from_status(row[:-1].tolist(), int(row[-1])) for row in rows]
 
     def _log_key(self, event_id: str) -> str:
         return f"{self.prefix}flog:{{{event_id}}}"
