@@ -18,12 +18,14 @@ from typing import Any
 
 import faust
 
-from streaming.observability.metrics import Metrics
+from streaming.inference.batching import Dispatch
 from streaming.worker import transport
+from streaming.worker.batcher import Batcher, policy_for, seed
 from streaming.worker.learn import LabelProcessor
+from streaming.worker.publisher import Publisher
 from streaming.worker.records import InRecord, OutRecord
 from streaming.worker.runtime import Runtime
-from streaming.worker.score import ScoreProcessor
+from streaming.worker.score import Row, ScoreProcessor
 
 __all__ = ["StreamingApp", "create_app"]
 
@@ -52,6 +54,11 @@ def _records(events: Sequence[Any]) -> list[InRecord]:
     return out
 
 
+async def _drain(batcher: Batcher[Row], publisher: Publisher) -> None:
+    await batcher.drained()
+    await publisher.flush()
+
+
 async def _send_all(app: faust.App, records: Sequence[OutRecord]) -> None:
     """Send a batch's records together, then wait for every acknowledgement."""
     if not records:
@@ -59,13 +66,6 @@ async def _send_all(app: faust.App, records: Sequence[OutRecord]) -> None:
     producer = app.producer
     futures = [await producer.send(r.topic, r.key, r.value, None, None, r.headers) for r in records]
     await asyncio.gather(*futures)
-
-
-def _observe_e2e(metrics: Metrics, produced_ms: Sequence[int]) -> None:
-    now_ms = time.time() * 1000
-    for p in produced_ms:
-        if p:
-            metrics.e2e.observe(max(0.0, (now_ms - p) / 1000.0))
 
 
 def create_app(rt: Runtime) -> StreamingApp:
@@ -93,16 +93,43 @@ def create_app(rt: Runtime) -> StreamingApp:
     scorer = ScoreProcessor(rt)
     learner = LabelProcessor(rt)
     within = s.batch_max_wait_ms / 1000.0
-    rt.metrics.batch_target.set(s.batch_max_rows)
+    spec = rt.pipeline.batching
+    policy = policy_for(spec, rt.models.active, s.batch_policy)
+    rt.extras["policy"] = policy
+    serving = {"model": rt.models.active}
+    log.info("inference batching: %s, max %d rows, budget %.1f ms, queue bound %d rows",
+             policy.name, policy.max_rows, spec.budget_ms, spec.queue_rows)
 
     @app.agent(events_topic, name="score")
     async def score(stream: Any) -> None:  # a faust Stream (StreamT lacks take_events)
-        async for events in stream.take_events(s.batch_max_rows, within=within):
-            batch = await scorer.process(_records(events))
-            t0 = time.perf_counter()
-            await _send_all(app, batch.out)
-            rt.metrics.stage.labels("publish").observe(time.perf_counter() - t0)
-            _observe_e2e(rt.metrics, batch.produced_ms)
+        publisher = Publisher(app, rt.metrics)
+
+        async def run_batch(rows: list[Row], _dispatch: Dispatch) -> None:
+            if rt.models.active is not serving["model"]:  # a new version: its provider and warm-up timings
+                serving["model"] = rt.models.active
+                seed(policy, rt.models.active)
+            batch = await scorer.score(rows)
+            await publisher.publish(batch.out, [r.token for r in rows], batch.produced_ms)
+
+        batcher: Batcher[Row] = Batcher(policy, run_batch, bound=spec.queue_rows, metrics=rt.metrics)
+        runner = asyncio.ensure_future(batcher.run())
+        try:
+            async for events in stream.take_events(s.batch_max_rows, within=within):
+                if runner.done():
+                    runner.result()  # the inference loop failed: raise here, nothing is acked
+                for e in events:
+                    e.message.incref()  # held until its prediction is on the broker (Publisher acks it)
+                prepared = await scorer.prepare(_records(events), events)
+                if prepared.dead:
+                    await publisher.publish([o for o, _ in prepared.dead], [t for _, t in prepared.dead], [])
+                await batcher.put(prepared.rows)  # waits while the queue is full: the consumer pauses
+                rt.metrics.queue_rows.set(len(batcher))
+        finally:
+            try:  # a clean stop: score what is queued and wait for its acknowledgements
+                await asyncio.wait_for(asyncio.shield(_drain(batcher, publisher)), 5.0)
+            except Exception as exc:
+                log.warning("stopping with %d rows unscored (%s); they will be redelivered", len(batcher), exc)
+            runner.cancel()
 
     @app.agent(labels_topic, name="learn")
     async def learn(stream: Any) -> None:

@@ -95,8 +95,17 @@ class Settings:
         6.0, "Consumer group session timeout; the group join on Tansu takes half of it.", minimum=1
     )
     commit_interval_s: float = _setting(1.0, "How often acknowledged offsets are committed.", minimum=0.05)
-    batch_max_rows: int = _setting(512, "Score agent micro-batch: most events per batch.", minimum=1)
-    batch_max_wait_ms: float = _setting(5.0, "Score agent micro-batch: longest wait to fill a batch.", minimum=0.1)
+    batch_max_rows: int = _setting(
+        512, "Consumer micro-batch (decode + one feature-store round trip): most events per batch.", minimum=1
+    )
+    batch_max_wait_ms: float = _setting(
+        5.0, "Consumer micro-batch: longest wait to fill a batch. Inference batching is the pipeline's [batching].",
+        minimum=0.1,
+    )
+    batch_policy: str = _setting(
+        "", "Inference batch policy, overriding the pipeline's [batching] policy: none, static or adaptive "
+        "(empty: the pipeline's).", choices=("", "none", "static", "adaptive"),
+    )
     log_level: str = _setting("info", "Worker log level.", choices=("crit", "error", "warn", "info", "debug"))
     # -- serving
     onnx_provider: str = _setting(

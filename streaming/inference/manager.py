@@ -31,6 +31,7 @@ class ModelManager:
         *,
         provider: str = "auto",
         threads: int = 1,
+        buckets: Sequence[int] | None = None,
         on_change: Callable[[str, OnnxModel | None, OnnxModel | None], None] = lambda *_: None,
         on_refused: Callable[[str, str, str], None] = lambda *_: None,
     ) -> None:
@@ -38,6 +39,7 @@ class ModelManager:
         self.inputs = list(inputs)
         self.provider = provider
         self.threads = threads
+        self.buckets = None if buckets is None else tuple(buckets)
         self.on_change = on_change  # (role, old, new)
         self.on_refused = on_refused  # (role, version, reason)
         self.active: OnnxModel = self.load(registry.active().version)
@@ -46,7 +48,8 @@ class ModelManager:
         self._refused: set[tuple[str, str]] = set()
 
     def load(self, version: str) -> OnnxModel:
-        model = OnnxModel(self.registry.get(version), provider=self.provider, threads=self.threads)
+        model = OnnxModel(self.registry.get(version), provider=self.provider, threads=self.threads,
+                          buckets=self.buckets)
         if model.version.inputs != self.inputs:
             raise ModelError(
                 f"model {model.name} {model.tag} expects inputs {model.version.inputs} but the pipeline declares "

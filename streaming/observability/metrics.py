@@ -37,6 +37,18 @@ class Metrics:
         self.stage = Histogram("streaming_stage_seconds", "Time per stage per batch.", ["stage"], buckets=_STAGE, registry=r)
         self.batch_size = Histogram("streaming_batch_size", "Rows per scored micro-batch.", buckets=_ROWS, registry=r)
         self.batch_target = Gauge("streaming_batch_target_rows", "The batch policy's current target size.", registry=r)
+        self.dispatches = Counter(
+            "streaming_batch_dispatches", "Inference batches dispatched, by the policy's reason.", ["reason"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "streaming_batch_queue_wait_seconds", "How long a batch's oldest row waited in the inference queue.",
+            buckets=_STAGE, registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "streaming_batch_run_seconds", "Inference batch run time: the policy's p99 prediction and the actual.",
+            ["kind"], buckets=_STAGE, registry=r,
+        )
+        self.queue_rows = Gauge("streaming_batch_queue_rows", "Rows waiting in the inference queue.", registry=r)
         self.consumer_lag = Gauge(
             "streaming_consumer_lag_messages", "Messages behind the log end.", ["topic", "partition"], registry=r
         )

@@ -2,6 +2,7 @@
 
 from streaming.pipeline.loader import load_pipeline
 from streaming.pipeline.spec import (
+    BatchingSpec,
     CompareFeature,
     EventSpec,
     Feature,
@@ -15,6 +16,7 @@ from streaming.pipeline.spec import (
 )
 
 __all__ = [
+    "BatchingSpec",
     "CompareFeature",
     "EventSpec",
     "Feature",

@@ -13,8 +13,11 @@ from typing import Any
 
 from streaming.errors import ConfigError, PipelineError
 from streaming.events.schemas import Schema, SchemaRegistry
+from streaming.inference.batching.buckets import check_buckets
 from streaming.pipeline.spec import (
     AGGREGATIONS,
+    BATCH_POLICIES,
+    BatchingSpec,
     CompareFeature,
     EventSpec,
     FallbackSpec,
@@ -127,6 +130,48 @@ def _feature(c: _Checker, i: int, raw: dict[str, Any]) -> Feature:
     raise c.fail(where, f"unknown kind {kind!r} (field, compare, window, ratio)")
 
 
+def _batching(path: Path, raw: Any) -> BatchingSpec:
+    """The ``[batching]`` table: the inference batch policy and its parameters."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: [batching] must be a table")
+    unknown = sorted(set(raw) - {"policy", "max_rows", "max_wait_ms", "budget_ms", "queue_rows", "buckets"})
+    if unknown:
+        raise PipelineError(f"{path}: [batching] unknown keys: {', '.join(unknown)}")
+    d = BatchingSpec()
+    policy = raw.get("policy", d.policy)
+    if policy not in BATCH_POLICIES:
+        raise PipelineError(f"{path}: [batching] policy must be one of {', '.join(BATCH_POLICIES)}, got {policy!r}")
+
+    def positive(key: str, default: float, *, integer: bool = False) -> Any:
+        v = raw.get(key, default)
+        ok = isinstance(v, int) if integer else isinstance(v, int | float)
+        if isinstance(v, bool) or not ok or v <= 0:
+            kind = "a positive integer" if integer else "a positive number"
+            raise PipelineError(f"{path}: [batching] {key} must be {kind}, got {v!r}")
+        return v
+
+    max_rows = positive("max_rows", d.max_rows, integer=True)
+    buckets = raw.get("buckets")
+    if buckets is not None:
+        try:
+            buckets = check_buckets(buckets)
+        except (TypeError, ValueError) as exc:
+            raise PipelineError(f"{path}: [batching] buckets: {exc}") from None
+        if buckets[-1] < max_rows:
+            raise PipelineError(f"{path}: [batching] max_rows {max_rows} exceeds the largest bucket {buckets[-1]}")
+    queue_rows = positive("queue_rows", 2 * max_rows, integer=True)
+    if queue_rows < max_rows:
+        raise PipelineError(f"{path}: [batching] queue_rows ({queue_rows}) must hold at least max_rows ({max_rows})")
+    return BatchingSpec(
+        policy=policy,
+        max_rows=max_rows,
+        max_wait_ms=float(positive("max_wait_ms", d.max_wait_ms)),
+        budget_ms=float(positive("budget_ms", d.budget_ms)),
+        queue_rows=queue_rows,
+        buckets=buckets,
+    )
+
+
 def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
     """Read and validate a pipeline file; register its own event schema if it has one."""
     try:
@@ -233,6 +278,7 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
     if on_error not in ("pause", "default"):
         raise PipelineError(f"{path}: [pipeline] on_store_error must be pause or default, got {on_error!r}")
     return Pipeline(
+        batching=_batching(path, raw.get("batching", {})),
         lateness_s=c.duration("[pipeline] lateness", head.get("lateness", "1m")),
         on_store_error=on_error,
         name=name,

@@ -19,6 +19,8 @@ __all__ = [
     "LearnerSpec",
     "MonitorSpec",
     "Pipeline",
+    "BatchingSpec",
+    "BATCH_POLICIES",
     "parse_duration",
 ]
 
@@ -139,6 +141,30 @@ class MonitorSpec:
     severity: str = "warning"
 
 
+BATCH_POLICIES = ("none", "static", "adaptive")
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    """How the worker batches rows for inference (docs/batching.md).
+
+    ``policy`` is ``none``, ``static`` or ``adaptive``. ``budget_ms`` is the
+    adaptive policy's p99 target for a row's wait in the inference queue plus
+    its inference (the part of the pipeline's SLO the worker's batching
+    controls); ``max_wait_ms`` is the static policy's longest wait;
+    ``queue_rows`` bounds the queue (when it is full the consumer pauses; by
+    default two full batches: enough to keep batches full under load, little
+    enough that a backlog waits in the broker rather than in the worker).
+    """
+
+    policy: str = "adaptive"
+    max_rows: int = 256
+    max_wait_ms: float = 5.0
+    budget_ms: float = 10.0
+    queue_rows: int = 512
+    buckets: tuple[int, ...] | None = None
+
+
 @dataclass(frozen=True)
 class Pipeline:
     name: str
@@ -154,6 +180,7 @@ class Pipeline:
     generator: dict[str, Any] = field(default_factory=dict)
     lateness_s: int = 60  # events older than the watermark minus this are not applied (flagged late)
     on_store_error: str = "pause"  # or "default": score with default features, flagged
+    batching: BatchingSpec = field(default_factory=BatchingSpec)
 
     @property
     def window_features(self) -> tuple[WindowFeature, ...]:

@@ -12,6 +12,7 @@ from streaming.events.schemas import SchemaRegistry
 from streaming.events.topics import ensure_topics
 from streaming.features.store import FeatureStore, RedisFeatureStore
 from streaming.features.vector import VectorBuilder
+from streaming.inference.batching.buckets import default_buckets
 from streaming.inference.manager import ModelManager
 from streaming.inference.registry import ModelRegistry
 from streaming.inference.session import OnnxModel
@@ -71,6 +72,7 @@ class Runtime:
             pipeline.model.inputs,
             provider=settings.onnx_provider,
             threads=settings.onnx_threads,
+            buckets=pipeline.batching.buckets or default_buckets(pipeline.batching.max_rows),
             on_change=changed,
             on_refused=lambda role, _v, _r: metrics.model_refused.labels(role).inc(),
         )

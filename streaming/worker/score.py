@@ -26,13 +26,32 @@ from streaming.inference.session import OnnxModel
 from streaming.worker.records import InRecord, OutRecord
 from streaming.worker.runtime import Runtime
 
-__all__ = ["ScoreProcessor", "ScoredBatch"]
+__all__ = ["Prepared", "Row", "ScoreProcessor", "ScoredBatch"]
 
 log = logging.getLogger(__name__)
 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+@dataclass(slots=True)
+class Row:
+    """One event ready for inference: its record, decoded event, window features and vector."""
+
+    rec: InRecord
+    ev: dict[str, Any]
+    window: WindowResult
+    x: np.ndarray
+    degraded: bool
+    features_at: int  # epoch µs when its features were ready
+    token: Any = None  # what the caller acks once the prediction is on the broker
+
+
+@dataclass
+class Prepared:
+    dead: list[tuple[OutRecord, Any]]  # dead letters and their tokens
+    rows: list[Row]
 
 
 @dataclass
@@ -141,25 +160,29 @@ class ScoreProcessor:
         proba = self.rt.learner.predict_proba_one(dict(zip(self.names, row.tolist(), strict=True)))
         return float(proba.get(True, 0.0))
 
-    async def process(self, records: Sequence[InRecord]) -> ScoredBatch:
+    async def prepare(self, records: Sequence[InRecord], tokens: Sequence[Any] | None = None) -> Prepared:
+        """Decode a consumer batch and read its window features (one store round trip).
+
+        Returns the dead letters (with their tokens) and the rows ready for
+        inference; ``tokens`` (e.g. Faust events to ack later) travel with them.
+        """
         rt = self.rt
         m = rt.metrics
-        out: list[OutRecord] = []
-        good: list[tuple[InRecord, dict[str, Any]]] = []
+        toks: Sequence[Any] = tokens if tokens is not None else [None] * len(records)
+        dead: list[tuple[OutRecord, Any]] = []
+        good: list[tuple[InRecord, dict[str, Any], Any]] = []
         t0 = time.perf_counter()
-        for rec in records:
+        for rec, tok in zip(records, toks, strict=True):
             try:
                 ev = rt.codec.decode(self.subject, rec.value)
                 self._check(ev)
-                good.append((rec, ev))
+                good.append((rec, ev, tok))
             except (DecodeError, KeyError, TypeError, ValueError) as exc:
-                out.append(self._dlq(rec, "decode", exc))
+                dead.append((self._dlq(rec, "decode", exc), tok))
         m.stage.labels("decode").observe(time.perf_counter() - t0)
-        n_dlq = len(out)
         if not good:
-            return ScoredBatch(out, [], 0, n_dlq, 0)
-
-        events = [ev for _, ev in good]
+            return Prepared(dead, [])
+        events = [ev for _, ev, _ in good]
         t1 = time.perf_counter()
         found = await self._windows(events)
         degraded = found is None
@@ -168,15 +191,24 @@ class ScoreProcessor:
             m.events.labels("degraded").inc(len(events))
         features_at = _now_us()
         m.stage.labels("features").observe(time.perf_counter() - t1)
-
         X = rt.vectors.matrix(events, [w.values for w in windows])
+        rows = [Row(rec, ev, w, X[i], degraded, features_at, tok)
+                for i, ((rec, ev, tok), w) in enumerate(zip(good, windows, strict=True))]
+        return Prepared(dead, rows)
+
+    async def score(self, rows: Sequence[Row]) -> ScoredBatch:
+        """Score one inference batch: the active model (and the shadow), predictions, the feature log."""
+        rt = self.rt
+        m = rt.metrics
+        out: list[OutRecord] = []
+        X = np.stack([r.x for r in rows])
         model, shadow = rt.models.active, rt.models.shadow  # a model change takes effect between batches
         started = _now_us()
         t2 = time.perf_counter()
         scores, reasons = await self._scores(model, X)
         predicted_at = _now_us()
         m.stage.labels("inference").observe(time.perf_counter() - t2)
-        m.batch_size.observe(len(events))
+        m.batch_size.observe(len(rows))
         shadow_scores = await self._shadow_scores(shadow, X, scores) if shadow is not None else None
 
         spec = rt.pipeline.event
@@ -185,11 +217,14 @@ class ScoreProcessor:
         produced: list[int] = []
         duplicates = late = 0
         challenger = rt.settings.challenger
-        for i, ((rec, ev), w) in enumerate(zip(good, windows, strict=True)):
+        any_degraded = False
+        for i, r in enumerate(rows):
+            rec, ev, w = r.rec, r.ev, r.window
             score = float(scores[i])
             flags = []
-            if degraded:
+            if r.degraded:
                 flags.append("default_features")
+                any_degraded = True
             elif w.late:
                 flags.append("late")
                 late += 1
@@ -210,30 +245,41 @@ class ScoreProcessor:
                 "event_time": int(ev[spec.time_field]),
                 "produced_at": (rec.timestamp_ms or 0) * 1000,
                 "received_at": rec.received_us,
-                "features_at": features_at,
+                "features_at": r.features_at,
                 "inference_started_at": started,
                 "predicted_at": predicted_at,
-                "batch_size": len(events),
+                "batch_size": len(rows),
             }
             out.append(OutRecord(self.topic_predictions, rec.key, rt.codec.encode("prediction", pred)))
-            served.append(ServedVector(
-                eid, X[i].tolist(), tag, score, int(ev[spec.time_field]), self.spec_version,
-                None if shadow is None else shadow.tag,
-                None if shadow_scores is None else float(shadow_scores[i]),
-            ))
+            if not r.degraded:
+                served.append(ServedVector(
+                    eid, X[i].tolist(), tag, score, int(ev[spec.time_field]), self.spec_version,
+                    None if shadow is None else shadow.tag,
+                    None if shadow_scores is None else float(shadow_scores[i]),
+                ))
             produced.append(rec.timestamp_ms or 0)
         try:
             t3 = time.perf_counter()
-            if degraded:
+            if any_degraded and not served:
                 raise ConnectionError("feature store unavailable")
-            await rt.store.log_served(served)
+            if served:
+                await rt.store.log_served(served)
             m.store_seconds.labels("log_served").observe(time.perf_counter() - t3)
         except Exception as exc:  # the feature log is best effort: the prediction still goes out
             m.store_errors.labels("log_served").inc()
             log.warning("feature log write failed (%s: %s)", type(exc).__name__, exc)
-        m.events.labels("scored").inc(len(good))
+        m.events.labels("scored").inc(len(rows))
         if duplicates:
             m.events.labels("duplicate").inc(duplicates)
         if late:
             m.events.labels("late").inc(late)
-        return ScoredBatch(out, produced, len(good), n_dlq, duplicates)
+        return ScoredBatch(out, produced, len(rows), 0, duplicates)
+
+    async def process(self, records: Sequence[InRecord]) -> ScoredBatch:
+        """Prepare and score a consumer batch as one inference batch (dead letters first)."""
+        prepared = await self.prepare(records)
+        dead = [o for o, _ in prepared.dead]
+        if not prepared.rows:
+            return ScoredBatch(dead, [], 0, len(dead), 0)
+        batch = await self.score(prepared.rows)
+        return ScoredBatch(dead + batch.out, batch.produced_ms, batch.scored, len(dead), batch.duplicates)

@@ -24,6 +24,9 @@ def test_the_fraud_pipeline_declares_everything(fraud_pipeline: Pipeline) -> Non
     assert isinstance(w, WindowFeature) and (w.window_s, w.bucket_s, w.n_buckets, w.agg) == (3600, 300, 12, "mean")
     assert p.learner.kind == "logistic_regression"
     assert [m.detector for m in p.monitors] == ["adwin", "page_hinkley"]
+    b = p.batching
+    assert (b.policy, b.max_rows, b.budget_ms, b.max_wait_ms, b.queue_rows, b.buckets) == \
+        ("adaptive", 256, 10.0, 5.0, 512, None)
 
 
 def _load(tmp_path: Path, text: str) -> Pipeline:
@@ -47,6 +50,13 @@ def _load(tmp_path: Path, text: str) -> Pipeline:
         ('schema = "transaction"', 'schema = "nope"', "unknown schema 'nope'"),
         ('name = "foreign"', 'name = "amount_log"', "duplicate feature names: amount_log"),
         ('field = "amount"\ntransform', 'field = "country"\ntransform', "is not numeric"),
+        ('policy = "adaptive"', 'policy = "psychic"', "[batching] policy must be one of none, static, adaptive"),
+        ("max_rows = 256 ", "max_rows = 0 ", "[batching] max_rows must be a positive integer, got 0"),
+        ("budget_ms = 10 ", 'budget_ms = "fast" ', "[batching] budget_ms must be a positive number"),
+        ("# queue_rows = 512", "queue_rows = 100", "queue_rows (100) must hold at least max_rows (256)"),
+        ("# queue_rows = 512", "buckets = [1, 8, 64]", "max_rows 256 exceeds the largest bucket 64"),
+        ("# queue_rows = 512", "buckets = [2, 512]", "buckets must start at 1"),
+        ("# queue_rows = 512", "max_batch = 3", "[batching] unknown keys: max_batch"),
     ],
 )
 def test_mistakes_are_one_clear_line(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -106,6 +106,13 @@ def test_avro_batch_every_event_scored_once_and_labels_learned(worker: WorkerPro
     assert samples[("streaming_model_info", (("model", "fraud"), ("provider", "CPUExecutionProvider"),
                                              ("version", "v1")))] == 1.0
     assert samples.get(lag_key, -1.0) >= 0  # the gauge is exported (every 5 s)
+    # the adaptive policy dispatched every scored row, each dispatch with its reason and timings
+    dispatches = sum(v for (n, _), v in samples.items() if n == "streaming_batch_dispatches_total")
+    reasons = {dict(lab)["reason"] for (n, lab), v in samples.items() if n == "streaming_batch_dispatches_total" and v}
+    assert dispatches >= 1 and reasons <= {"keeps_up", "full", "deadline", "overload"}
+    assert samples[("streaming_batch_run_seconds_count", (("kind", "actual"),))] == dispatches
+    assert samples[("streaming_batch_queue_wait_seconds_count", ())] == dispatches
+    assert samples[("streaming_batch_size_sum", ())] == samples[("streaming_events_total", (("outcome", "scored"),))]
 
 
 def test_drift_in_the_labels_publishes_a_retrain_request(worker: WorkerProcess, env: dict[str, str],

@@ -1,0 +1,52 @@
+"""The inference batch policy is chosen per pipeline (or overridden by a setting) and really used."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from streaming.demo import scrape
+from streaming.events.codec import Codec
+from streaming.events.producer import EventProducer
+from streaming.events.schemas import SchemaRegistry
+from streaming.infra.processes import free_port
+from streaming.worker.process import WorkerProcess
+from tests.conftest import Servers, unique, worker_env
+from tests.helpers import decoded, read_until, transaction
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def codec_(schema_registry: SchemaRegistry) -> Codec:
+    return Codec(schema_registry)
+
+
+def test_policy_none_scores_every_event_alone(servers: Servers, models_dir: Path, codec_: Codec) -> None:
+    env = worker_env(servers, models_dir, STREAMING_BATCH_POLICY="none", STREAMING_METRICS_PORT=str(free_port()))
+    worker = WorkerProcess(env, servers.run_dir / f"{env['STREAMING_APP_ID']}.log").start()
+    try:
+        prod = EventProducer(servers.bootstrap, codec_, "transaction", env["STREAMING_TOPIC_EVENTS"],
+                             key_fields=["card_id"], linger_ms=5)
+        ids = [unique("one") for _ in range(200)]
+        for i, eid in enumerate(ids):
+            prod.send(transaction(eid, card=f"cn{i % 9}"))
+        assert prod.close() == 0
+        msgs = read_until(servers.bootstrap, env["STREAMING_TOPIC_PREDICTIONS"],
+                          lambda got: set(ids) <= {p["event_id"] for p in decoded(codec_, "prediction", got)}, 60)
+        preds = [p for p in decoded(codec_, "prediction", msgs) if p["event_id"] in set(ids)]
+        assert sorted(p["event_id"] for p in preds) == sorted(ids)
+        assert {p["batch_size"] for p in preds} == {1}
+        url = f"http://127.0.0.1:{env['STREAMING_METRICS_PORT']}/metrics"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            samples = scrape(url)
+            if samples.get(("streaming_batch_dispatches_total", (("reason", "single"),)), 0) >= len(ids):
+                break
+            time.sleep(0.2)
+        assert samples[("streaming_batch_dispatches_total", (("reason", "single"),))] >= len(ids)
+        assert samples[("streaming_batch_target_rows", ())] == 1
+    finally:
+        worker.stop()
