@@ -8,6 +8,7 @@ served, for the label join).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,32 +110,31 @@ class RedisFeatureStore:
         spec = self.pipeline.event
         plan = self.plan
         ne = len(plan.entities)
-        # the batch's distinct entity keys, per entity slot, and each event's index into them
+        # the batch's distinct entity keys, those of entity 1 first, and each event's index into them
         index: list[dict[str, int]] = [{} for _ in range(ne)]
-        per_event: list[Any] = []
-        for ev in events:
-            per_event.append(str(ev[spec.id_field]))
-            per_event.append(int(ev[spec.time_field]) // 1_000_000)
-            per_event.extend(plan.entity_values(ev))  # replaced by key indices below
-            per_event.extend(repr(v) for v in plan.numeric_values(ev))
-            per_event.extend(plan.distinct_values(ev))
-        stride = 2 + ne + len(plan.numeric) + len(plan.distinct)
+        ents = [plan.entity_values(ev) for ev in events]
         for s in range(ne):
             idx = index[s]
-            for pos in range(2 + s, len(per_event), stride):
-                per_event[pos] = idx.setdefault(per_event[pos], len(idx))
+            for vals in ents:
+                idx.setdefault(vals[s], len(idx))
         keys: list[str] = []
-        offset = 1
+        offsets = []
         for s in range(ne):
+            offsets.append(len(keys) + 1)
             keys.extend(self.entity_key(s + 1, v) for v in index[s])
-            for pos in range(2 + s, len(per_event), stride):
-                per_event[pos] += offset
-            offset += len(index[s])
-        args: list[Any] = [self._plan_json, self.prefix, self.dedupe_ttl_s, *(len(i) for i in index), *per_event]
+        nums: list[float] = []
+        strings: list[str] = []
+        for ev, vals in zip(events, ents, strict=True):
+            nums.append(int(ev[spec.time_field]) // 1_000_000)
+            nums.extend(index[s][v] + offsets[s] for s, v in enumerate(vals))
+            nums.extend(plan.numeric_values(ev))
+            strings.append(str(ev[spec.id_field]))
+            strings.extend(plan.distinct_values(ev))
+        args: list[Any] = [self._plan_json, self.prefix, self.dedupe_ttl_s, *(len(i) for i in index),
+                           struct.pack(f"<{len(nums)}d", *nums), *strings]
         self.round_trips += 1
         raw = await self._script(keys=keys, args=args)
-        stride_out = self._n_reads + 1
-        rows = np.frombuffer(raw, dtype="<f8").reshape(len(events), stride_out)
+        rows = np.frombuffer(raw, dtype="<f8").reshape(len(events), self._n_reads + 1)
         return [WindowResult.from_status(row[:-1].tolist(), int(row[-1])) for row in rows]
 
     def _log_key(self, event_id: str) -> str:

@@ -1,26 +1,30 @@
 -- Apply a micro-batch of events to per-entity window state and return every event's features.
 -- See docs/features.md (semantics) and streaming/features/layout.py (the plan).
 -- KEYS: the batch's distinct entity keys, those of entity 1 first, then those of entity 2, ...
--- ARGV[1] = plan (JSON), ARGV[2] = key prefix, ARGV[3] = dedupe TTL (s), ARGV[4 .. 3+ne] = how many
--- keys of each entity; then per event: id, event time (s), the index in KEYS of each of its entities
--- (ne), numeric values (nn), distinct values (nh).
+-- ARGV[1] = plan (JSON), ARGV[2] = key prefix, ARGV[3] = dedupe period (s), ARGV[4 .. 3+ne] = how
+-- many keys of each entity, ARGV[4+ne] = the batch's numbers as little-endian doubles, per event:
+-- event time (s), the index in KEYS of each of its entities (ne), its numeric values (nn);
+-- then per event: id, distinct values (nh).
 -- Returns one string of little-endian doubles: per event one value per read, then a status:
 -- 0 seen before, 1 applied, 2 late (not applied).
 --
--- An entity's state is one string of doubles (struct): a header (0, or 1 + #lf, the latest event
--- time, its values of the fields `last` reads), then per tile group of the entity the number of
+-- An entity's state is one flat array of numbers, stored as little-endian doubles (struct): the
+-- header length H, a header of H numbers (entities that `last` reads: the latest event time, -inf
+-- when none, and its values of the fields read), then per tile group of the entity the number of
 -- live buckets and their records, oldest first. A record is the bucket number, the count, then the
 -- group's sums, sums of squares, minima and maxima. All of the batch's entities are read with one
--- MGET and each changed one is written back once (SET ... EX).
+-- MGET, updated in place, and each changed one is written back once (SET ... EX).
 local plan = cjson.decode(ARGV[1])
 local prefix = ARGV[2]
-local dedupe_ttl = ARGV[3]
+local dedupe_ttl = tonumber(ARGV[3])
 local ne, nn, nh = plan.ne, plan.nn, plan.nh
 local lateness = plan.late
-local stride = 2 + ne + nn + nh
-local a0 = 3 + ne
+local m = 1 + ne + nn -- numbers per event
+local stride = 1 + nh -- strings per event
+local a0 = 4 + ne
 local nev = (#ARGV - a0) / stride
 local floor, tonumber, spack, sunpack, unpack = math.floor, tonumber, struct.pack, struct.unpack, unpack
+local NONE = -math.huge
 local rcall = redis.call
 
 local fmts = {}
@@ -30,26 +34,41 @@ local function fmt_of(n)
   return f
 end
 
--- the plan, flattened: per group its record width and the offsets of its fields in a record
+-- the plan, flattened: per group its record width, the offsets of its fields in a record, and its
+-- place among its entity's groups; per entity the state of a new entity
 local groups = plan.groups
 local ngroups = #groups
 local ents = plan.ents
-for s = 1, ne do ents[s].groups = {}; ents[s].ttl_s = tostring(ents[s].ttl) end
+for s = 1, ne do
+  local ent = ents[s]
+  ent.ttl_s = tostring(ent.ttl)
+  ent.widths = {}
+  ent.H = ent.last and (1 + #ent.lf) or 0
+  ent.new = {ent.H}
+  if ent.last then
+    ent.new[2] = NONE
+    for j = 1, #ent.lf do ent.new[2 + j] = 0 end
+  end
+end
 for gi = 1, ngroups do
   local g = groups[gi]
   local w = 2
   local lists = {g.s, g.q, g.m, g.M}
-  local offs = {}
+  local offs, at = {}, {}
   for li = 1, 4 do
-    local o = {}
+    local o, a = {}, {}
     local list = lists[li]
-    for i = 1, #list do w = w + 1; o[list[i]] = w - 1 end -- offset from the record's first element
-    offs[li] = o
+    for i = 1, #list do o[list[i]] = w; a[i] = w; w = w + 1 end -- offset from the record's first element
+    offs[li], at[li] = o, a
   end
   g.w = w
   g.so, g.qo, g.mo, g.Mo = offs[1], offs[2], offs[3], offs[4]
-  local eg = ents[g.e].groups
-  eg[#eg + 1] = gi
+  g.sa, g.qa, g.ma, g.Ma = at[1], at[2], at[3], at[4]
+  local ent = ents[g.e]
+  local widths = ent.widths
+  widths[#widths + 1] = w
+  g.ei = #widths
+  ent.new[#ent.new + 1] = 0
 end
 local reads = plan.reads
 local nreads = #reads
@@ -64,17 +83,59 @@ for r_i = 1, nreads do
     end
   elseif r.a ~= 'd' then
     local g = groups[r.g]
-    r.b, r.w = g.b, g.w
+    r.b, r.w, r.ei = g.b, g.w, g.ei
     if r.a == 'i' then r.o = g.mo[r.f] elseif r.a == 'x' then r.o = g.Mo[r.f]
     elseif r.a ~= 'c' then r.o = g.so[r.f]; r.oq = g.qo[r.f] end
   end
 end
 
+-- where group number ei of an entity starts in its state (the index of its bucket count)
+local function gstart(st, widths, ei)
+  local p = 2 + st[1]
+  for j = 1, ei - 1 do p = p + 1 + st[p] * widths[j] end
+  return p
+end
+
+-- applied ids: one set per dedupe period; an id is looked up in this period's set and the
+-- previous one, so it is remembered for at least one period and at most two
+local gen = floor(tonumber(rcall('TIME')[1]) / dedupe_ttl)
+local genkey, prevkey, metakey = prefix .. 'seen:' .. gen, prefix .. 'seen:' .. (gen - 1), prefix .. 'seen:gen'
 local wmkey = prefix .. 'wm'
-local wm0 = tonumber(rcall('GET', wmkey) or '') or 0
+local meta = rcall('MGET', wmkey, metakey)
+local wm0 = tonumber(meta[1] or '') or 0
 local wm = wm0
 
--- read every entity of the batch with one MGET (in slices: unpack has a stack limit)
+local seen = {}
+do
+  local ids = {}
+  for i = 0, nev - 1 do ids[i + 1] = ARGV[a0 + 1 + i * stride] end
+  for _, key in ipairs({genkey, prevkey}) do
+    for j0 = 1, nev, 1000 do
+      local j1 = math.min(j0 + 999, nev)
+      local got = rcall('SMISMEMBER', key, unpack(ids, j0, j1))
+      for j = j0, j1 do if got[j - j0 + 1] == 1 then seen[ids[j]] = true end end
+    end
+  end
+end
+local added = {}
+
+-- the batch's numbers (in slices: unpack and the C stack have limits)
+local N
+do
+  local total = nev * m
+  if total <= 4000 then
+    N = {sunpack(fmt_of(total), ARGV[4 + ne])}
+  else
+    N = {}
+    for j0 = 0, total - 1, 4000 do
+      local cnt = math.min(4000, total - j0)
+      local part = {sunpack(fmt_of(cnt), ARGV[4 + ne], j0 * 8 + 1)}
+      for j = 1, cnt do N[j0 + j] = part[j] end
+    end
+  end
+end
+
+-- every entity of the batch, read with one MGET (in slices)
 local nkeys = #KEYS
 local states, slot_of, dirty = {}, {}, {}
 do
@@ -87,90 +148,52 @@ do
     local got = rcall('MGET', unpack(KEYS, j0, j1))
     for k = j0, j1 do
       local v = got[k - j0 + 1]
-      local st = {}
+      local st
       if v then
-        local ent = ents[slot_of[k]]
-        local nhd, pos = sunpack('<d', v)
-        if nhd > 0 then
-          local hd = {sunpack(fmt_of(nhd), v, pos)}
-          pos = hd[nhd + 1]
-          st.lt = hd[1]
-          local lv = {}
-          for i = 2, nhd do lv[i - 1] = hd[i] end
-          st.lv = lv
-        end
-        local eg = ent.groups
-        for i = 1, #eg do
-          local gi = eg[i]
-          local nb
-          nb, pos = sunpack('<d', v, pos)
-          if nb > 0 then
-            local n = nb * groups[gi].w
-            local grp = {sunpack(fmt_of(n), v, pos)}
-            pos = grp[n + 1]
-            grp[n + 1] = nil
-            st[gi] = grp
-          end
-        end
+        local n = #v / 8
+        st = {sunpack(fmt_of(n), v)}
+        st[n + 1] = nil
+      else
+        st = {unpack(ents[slot_of[k]].new)}
       end
       states[k] = st
     end
   end
 end
 
-local function encode(st, ent)
-  local parts = {}
-  local lt = st.lt
-  if lt ~= nil then
-    local lv = st.lv
-    parts[1] = spack(fmt_of(2 + #lv), 1 + #lv, lt, unpack(lv))
-  else
-    parts[1] = spack('<d', 0)
-  end
-  local eg = ent.groups
-  for i = 1, #eg do
-    local gi = eg[i]
-    local grp = st[gi]
-    if grp == nil then
-      parts[i + 1] = spack('<d', 0)
-    else
-      local n = #grp
-      parts[i + 1] = spack(fmt_of(n + 1), n / groups[gi].w, unpack(grp))
-    end
-  end
-  return table.concat(parts)
-end
-
 local out = {}
 local ki, x = {}, {}
 for i = 0, nev - 1 do
   local base = a0 + i * stride
-  local ts = tonumber(ARGV[base + 2])
+  local nb = i * m
+  local ts = N[nb + 1]
   local o0 = i * (nreads + 1)
-  for s = 1, ne do ki[s] = tonumber(ARGV[base + 2 + s]) end
+  for s = 1, ne do ki[s] = N[nb + 1 + s] end
   -- the latest event before this one, as `last` / `seconds_since_last` read it
   for j = 1, #lastreads do
     local r = lastreads[j]
     local st = states[ki[r.e]]
-    local lt = st.lt
+    local lt = st[2]
     local val = 0
-    if lt ~= nil and lt <= ts and ts - lt <= r.w then
-      if r.a == 't' then val = ts - lt else val = st.lv[r.li] or 0 end
+    if lt <= ts and ts - lt <= r.w then
+      if r.a == 't' then val = ts - lt else val = st[2 + r.li] end
     end
     out[o0 + r.i] = val
   end
   local status = 2
   if ts >= wm - lateness then
-    if rcall('SET', prefix .. 'seen:{' .. ARGV[base + 1] .. '}', '1', 'NX', 'EX', dedupe_ttl) then
-      status = 1
-    else
+    local id = ARGV[base + 1]
+    if seen[id] then
       status = 0
+    else
+      status = 1
+      seen[id] = true
+      added[#added + 1] = id
     end
   end
   if status == 1 then
     if ts > wm then wm = ts end
-    local nb = base + 2 + ne
-    for f = 1, nn do x[f] = tonumber(ARGV[nb + f]) end
+    for f = 1, nn do x[f] = N[nb + 1 + ne + f] end
     for gi = 1, ngroups do
       local g = groups[gi]
       local k = ki[g.e]
@@ -178,47 +201,47 @@ for i = 0, nev - 1 do
       dirty[k] = true
       local b = floor(ts / g.b)
       local w = g.w
-      local grp = st[gi]
-      local p, len = 0, 0 -- p: the first element of b's record once found
-      if grp == nil then
-        grp = {}
-        st[gi] = grp
+      local gp = gstart(st, ents[g.e].widths, g.ei)
+      local cnt = st[gp]
+      local first, last = gp + 1, gp + cnt * w -- the group's records: st[first .. last]
+      local p = last - w + 1
+      while p >= first and st[p] > b do p = p - w end
+      local sf, sa, qf, qa, mf, ma, Mf, Ma = g.s, g.sa, g.q, g.qa, g.m, g.ma, g.M, g.Ma
+      if p >= first and st[p] == b then
+        st[p + 1] = st[p + 1] + 1
+        for j = 1, #sf do local o = p + sa[j]; st[o] = st[o] + x[sf[j]] end
+        for j = 1, #qf do local o, v = p + qa[j], x[qf[j]]; st[o] = st[o] + v * v end
+        for j = 1, #mf do local o, v = p + ma[j], x[mf[j]]; if v < st[o] then st[o] = v end end
+        for j = 1, #Mf do local o, v = p + Ma[j], x[Mf[j]]; if v > st[o] then st[o] = v end end
       else
-        len = #grp
-        p = len - w + 1
-        while p >= 1 and grp[p] > b do p = p - w end
-      end
-      if p >= 1 and grp[p] == b then
-        grp[p + 1] = grp[p + 1] + 1
-        for f, o in pairs(g.so) do grp[p + o] = grp[p + o] + x[f] end
-        for f, o in pairs(g.qo) do grp[p + o] = grp[p + o] + x[f] * x[f] end
-        for f, o in pairs(g.mo) do if x[f] < grp[p + o] then grp[p + o] = x[f] end end
-        for f, o in pairs(g.Mo) do if x[f] > grp[p + o] then grp[p + o] = x[f] end end
-      else
-        -- a new bucket: its record goes after record p (p < 1: first); later ones move up
-        p = (p < 1) and 1 or (p + w)
-        for j = len, p, -1 do grp[j + w] = grp[j] end
-        grp[p] = b
-        grp[p + 1] = 1
-        for f, o in pairs(g.so) do grp[p + o] = 0 + x[f] end
-        for f, o in pairs(g.qo) do grp[p + o] = 0 + x[f] * x[f] end
-        for f, o in pairs(g.mo) do grp[p + o] = x[f] end
-        for f, o in pairs(g.Mo) do grp[p + o] = x[f] end
+        -- a new bucket: its record goes after record p (or first); what follows moves up
+        p = (p < first) and first or (p + w)
+        local len = #st
+        for j = len, p, -1 do st[j + w] = st[j] end
+        st[p] = b
+        st[p + 1] = 1
+        for j = 1, #sf do st[p + sa[j]] = 0 + x[sf[j]] end
+        for j = 1, #qf do local v = x[qf[j]]; st[p + qa[j]] = 0 + v * v end
+        for j = 1, #mf do st[p + ma[j]] = x[mf[j]] end
+        for j = 1, #Mf do st[p + Ma[j]] = x[Mf[j]] end
+        cnt = cnt + 1
         len = len + w
         -- forget the buckets that left every window: b - keep and older
         local cutoff = b - g.keep
         local drop = 0
-        while drop < len and grp[drop + 1] <= cutoff do drop = drop + w end
+        while st[first + drop] <= cutoff do drop = drop + w end
         if drop > 0 then
-          for j = 1, len - drop do grp[j] = grp[j + drop] end
-          for j = len - drop + 1, len do grp[j] = nil end
+          for j = first, len - drop do st[j] = st[j + drop] end
+          for j = len - drop + 1, len do st[j] = nil end
+          cnt = cnt - drop / w
         end
+        st[gp] = cnt
       end
       local g_h_ = g.h
       for f_i = 1, #g_h_ do
         local f = g_h_[f_i]
         local hk = KEYS[k] .. ':h' .. gi .. ':' .. f .. ':' .. b
-        rcall('PFADD', hk, ARGV[nb + nn + f])
+        rcall('PFADD', hk, ARGV[base + 1 + f])
         rcall('EXPIRE', hk, g.t)
       end
     end
@@ -226,13 +249,11 @@ for i = 0, nev - 1 do
       local ent = ents[s]
       if ent.last then
         local st = states[ki[s]]
-        if st.lt == nil or ts >= st.lt then
-          st.lt = ts
+        if ts >= st[2] then
+          st[2] = ts
           dirty[ki[s]] = true
           local lf = ent.lf
-          local lv = st.lv
-          if lv == nil then lv = {}; st.lv = lv end
-          for j = 1, #lf do lv[j] = x[lf[j]] end
+          for j = 1, #lf do st[2 + j] = x[lf[j]] end
         end
       end
     end
@@ -247,41 +268,40 @@ for i = 0, nev - 1 do
       for b = top - r.n + 1, top do hks[#hks + 1] = KEYS[k] .. ':h' .. r.g .. ':' .. r.f .. ':' .. b end
       out[o0 + r_i] = rcall('PFCOUNT', unpack(hks))
     elseif a ~= 'l' and a ~= 't' then
-      local grp = states[ki[r.e]][r.g]
+      local st = states[ki[r.e]]
       local val = 0
-      if grp ~= nil then
-        local top = floor(ts / r.b)
-        local lo = top - r.n + 1
-        local w, len = r.w, #grp
-        local p = 1
-        while p <= len and grp[p] < lo do p = p + w end
-        if a == 'c' then
-          local c = 0
-          while p <= len and grp[p] <= top do c = c + grp[p + 1]; p = p + w end
-          val = c
-        elseif a == 's' or a == 'm' then
-          local c, s, o = 0, 0, r.o
-          while p <= len and grp[p] <= top do c = c + grp[p + 1]; s = s + grp[p + o]; p = p + w end
-          if a == 's' then val = s elseif c > 0 then val = s / c end
-        elseif a == 'v' then
-          local c, s, q, o, oq = 0, 0, 0, r.o, r.oq
-          while p <= len and grp[p] <= top do
-            c = c + grp[p + 1]; s = s + grp[p + o]; q = q + grp[p + oq]; p = p + w
-          end
-          if c > 0 then
-            local mu = s / c
-            local var = q / c - mu * mu
-            if var > 0 then val = math.sqrt(var) end
-          end
-        else -- 'i' min, 'x' max
-          local o, m = r.o, nil
-          while p <= len and grp[p] <= top do
-            local v = grp[p + o]
-            if m == nil or (a == 'i' and v < m) or (a == 'x' and v > m) then m = v end
-            p = p + w
-          end
-          val = m or 0
+      local gp = gstart(st, ents[r.e].widths, r.ei)
+      local w = r.w
+      local p, last = gp + 1, gp + st[gp] * w
+      local top = floor(ts / r.b)
+      local lo = top - r.n + 1
+      while p <= last and st[p] < lo do p = p + w end
+      if a == 'c' then
+        local c = 0
+        while p <= last and st[p] <= top do c = c + st[p + 1]; p = p + w end
+        val = c
+      elseif a == 's' or a == 'm' then
+        local c, s, o = 0, 0, r.o
+        while p <= last and st[p] <= top do c = c + st[p + 1]; s = s + st[p + o]; p = p + w end
+        if a == 's' then val = s elseif c > 0 then val = s / c end
+      elseif a == 'v' then
+        local c, s, q, o, oq = 0, 0, 0, r.o, r.oq
+        while p <= last and st[p] <= top do
+          c = c + st[p + 1]; s = s + st[p + o]; q = q + st[p + oq]; p = p + w
         end
+        if c > 0 then
+          local mu = s / c
+          local var = q / c - mu * mu
+          if var > 0 then val = math.sqrt(var) end
+        end
+      else -- 'i' min, 'x' max
+        local o, mm = r.o, nil
+        while p <= last and st[p] <= top do
+          local v = st[p + o]
+          if mm == nil or (a == 'i' and v < mm) or (a == 'x' and v > mm) then mm = v end
+          p = p + w
+        end
+        val = mm or 0
       end
       out[o0 + r_i] = val
     end
@@ -291,11 +311,21 @@ end
 
 for k = 1, nkeys do
   if dirty[k] then
-    local ent = ents[slot_of[k]]
-    rcall('SET', KEYS[k], encode(states[k], ent), 'EX', ent.ttl_s)
+    local st = states[k]
+    rcall('SET', KEYS[k], spack(fmt_of(#st), unpack(st)), 'EX', ents[slot_of[k]].ttl_s)
   end
 end
 if wm > wm0 then rcall('SET', wmkey, string.format('%.17g', wm)) end
+if #added > 0 then
+  for j0 = 1, #added, 1000 do rcall('SADD', genkey, unpack(added, j0, math.min(j0 + 999, #added))) end
+  if tonumber(meta[2] or '') ~= gen then
+    -- a new period: this set lives until the end of the next one; the one before the previous is
+    -- freed now, in the background (UNLINK), rather than by expiry (a large set blocks when freed)
+    rcall('EXPIREAT', genkey, (gen + 2) * dedupe_ttl + 60)
+    rcall('UNLINK', prefix .. 'seen:' .. (gen - 2))
+    rcall('SET', metakey, gen)
+  end
+end
 
 local parts = {}
 for j = 1, #out, 4000 do
