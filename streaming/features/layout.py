@@ -17,7 +17,7 @@ from typing import Any
 
 from streaming.pipeline.spec import Pipeline, WindowFeature
 
-__all__ = ["TileGroup", "WindowRead", "WindowPlan", "AGG_CODES"]
+__all__ = ["TileGroup", "WindowRead", "WindowPlan", "AGG_CODES", "lua_literal"]
 
 #: one-letter codes of the aggregations in the plan (and in window.lua)
 AGG_CODES = {
@@ -130,25 +130,70 @@ class WindowPlan:
     def distinct_values(self, event: dict[str, Any]) -> list[str]:
         return [str(event[f]) for f in self.distinct]
 
-    def to_json(self) -> dict[str, Any]:
-        """The plan as window.lua reads it (1-based slots)."""
-        return {
-            "ne": len(self.entities),
-            "nn": len(self.numeric),
-            "nh": len(self.distinct),
-            "late": self.lateness_s,
-            "ents": [
-                {"tag": "+".join(ent), "ttl": ttl, "last": last, "lf": list(lf)}
-                for ent, ttl, last, lf in zip(self.entities, self.entity_ttl, self.tracks_last, self.last_slots,
-                                              strict=True)
-            ],
-            "groups": [
-                {"e": g.entity_slot, "b": g.bucket_s, "keep": g.keep, "t": g.horizon_s + g.bucket_s + self.lateness_s,
-                 "s": list(g.sums), "q": list(g.squares), "m": list(g.mins), "M": list(g.maxes), "h": list(g.hlls)}
-                for g in self.groups
-            ],
-            "reads": [
-                {"a": r.code, "e": r.entity_slot, "g": r.group, "n": r.n_buckets, "f": r.field_slot, "w": r.window_s}
-                for r in self.reads
-            ],
-        }
+    def to_script_plan(self) -> dict[str, Any]:
+        """The plan as window.lua reads it (1-based slots and positions), with each record's layout.
+
+        A group's record is the bucket number, the count, then its sums, sums of squares, minima
+        and maxima; ``sa``/``qa``/``ma``/``Ma`` are their offsets from the record's first element.
+        An entity's state is its header length, header (latest time, values of ``lf``), then per
+        group of the entity its bucket count and records; ``new`` is the state of a new entity
+        (``None`` stands for -inf: no latest event yet).
+        """
+        groups: list[dict[str, Any]] = []
+        widths: list[list[int]] = [[] for _ in self.entities]
+        for g in self.groups:
+            offsets: list[list[int]] = []
+            w = 2
+            for fields in (g.sums, g.squares, g.mins, g.maxes):
+                offsets.append(list(range(w, w + len(fields))))
+                w += len(fields)
+            widths[g.entity_slot - 1].append(w)
+            groups.append({
+                "e": g.entity_slot, "b": g.bucket_s, "keep": g.keep, "t": g.horizon_s + g.bucket_s + self.lateness_s,
+                "w": w, "ei": len(widths[g.entity_slot - 1]),
+                "s": list(g.sums), "q": list(g.squares), "m": list(g.mins), "M": list(g.maxes), "h": list(g.hlls),
+                "sa": offsets[0], "qa": offsets[1], "ma": offsets[2], "Ma": offsets[3],
+            })
+        ents = []
+        for i, (ent, ttl, last, lf) in enumerate(zip(self.entities, self.entity_ttl, self.tracks_last, self.last_slots,
+                                                     strict=True)):
+            header: list[float | None] = [None] + [0] * len(lf) if last else []
+            ents.append({"tag": "+".join(ent), "ttl": str(ttl), "last": last, "lf": list(lf), "widths": widths[i],
+                         "new": [len(header), *header] + [0] * len(widths[i])})
+        reads = []
+        for r in self.reads:
+            d: dict[str, Any] = {"a": r.code, "e": r.entity_slot, "g": r.group, "n": r.n_buckets, "f": r.field_slot,
+                                 "w": r.window_s}
+            if r.code == "l":
+                d["li"] = self.last_slots[r.entity_slot - 1].index(r.field_slot) + 1
+            elif r.code not in ("t", "d"):
+                gd = groups[r.group - 1]
+                d.update(b=gd["b"], rw=gd["w"], ei=gd["ei"])
+                if r.code == "i":
+                    d["o"] = gd["ma"][gd["m"].index(r.field_slot)]
+                elif r.code == "x":
+                    d["o"] = gd["Ma"][gd["M"].index(r.field_slot)]
+                elif r.code != "c":
+                    d["o"] = gd["sa"][gd["s"].index(r.field_slot)]
+                    if r.code == "v":
+                        d["oq"] = gd["qa"][gd["q"].index(r.field_slot)]
+            reads.append(d)
+        return {"ne": len(self.entities), "nn": len(self.numeric), "nh": len(self.distinct), "late": self.lateness_s,
+                "ents": ents, "groups": groups, "reads": reads}
+
+
+def lua_literal(value: Any) -> str:
+    """A Lua expression for plain data: dicts, lists, strings, numbers, booleans; None is ``NONE``."""
+    if value is None:
+        return "NONE"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list | tuple):
+        return "{" + ", ".join(lua_literal(v) for v in value) + "}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {lua_literal(v)}" for k, v in value.items()) + "}"
+    raise TypeError(type(value))

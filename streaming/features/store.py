@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from streaming.features.layout import WindowPlan
+from streaming.features.layout import WindowPlan, lua_literal
 from streaming.pipeline.spec import Pipeline
 
 __all__ = ["FeatureStore", "RedisFeatureStore", "WindowResult", "ServedVector"]
@@ -90,8 +90,9 @@ class RedisFeatureStore:
         self.prefix = prefix if prefix is not None else f"{pipeline.name}:"
         self.dedupe_ttl_s = dedupe_ttl_s
         self.log_ttl_s = log_ttl_s
-        self._plan_json = orjson.dumps(self.plan.to_json()).decode()
-        self._script = client.register_script(_SCRIPT)
+        # the plan is compiled into the script (one script per pipeline): no per-call decoding
+        plan_lua = lua_literal(self.plan.to_script_plan())
+        self._script = client.register_script(f"local NONE = -math.huge\nlocal plan = {plan_lua}\n{_SCRIPT}")
         self._n_reads = len(self.plan.reads)
         self._tags = ["+".join(ent) for ent in self.plan.entities]
         self.round_trips = 0
@@ -130,7 +131,7 @@ class RedisFeatureStore:
             nums.extend(plan.numeric_values(ev))
             strings.append(str(ev[spec.id_field]))
             strings.extend(plan.distinct_values(ev))
-        args: list[Any] = [self._plan_json, self.prefix, self.dedupe_ttl_s, *(len(i) for i in index),
+        args: list[Any] = [self.prefix, self.dedupe_ttl_s, *(len(i) for i in index),
                            struct.pack(f"<{len(nums)}d", *nums), *strings]
         self.round_trips += 1
         raw = await self._script(keys=keys, args=args)

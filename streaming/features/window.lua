@@ -1,8 +1,8 @@
 -- Apply a micro-batch of events to per-entity window state and return every event's features.
 -- See docs/features.md (semantics) and streaming/features/layout.py (the plan).
 -- KEYS: the batch's distinct entity keys, those of entity 1 first, then those of entity 2, ...
--- ARGV[1] = plan (JSON), ARGV[2] = key prefix, ARGV[3] = dedupe period (s), ARGV[4 .. 3+ne] = how
--- many keys of each entity, ARGV[4+ne] = the batch's numbers as little-endian doubles, per event:
+-- ARGV[1] = key prefix, ARGV[2] = dedupe period (s), ARGV[3 .. 2+ne] = how many keys of each
+-- entity, ARGV[3+ne] = the batch's numbers as little-endian doubles, per event:
 -- event time (s), the index in KEYS of each of its entities (ne), its numeric values (nn);
 -- then per event: id, distinct values (nh).
 -- Returns one string of little-endian doubles: per event one value per read, then a status:
@@ -14,17 +14,16 @@
 -- live buckets and their records, oldest first. A record is the bucket number, the count, then the
 -- group's sums, sums of squares, minima and maxima. All of the batch's entities are read with one
 -- MGET, updated in place, and each changed one is written back once (SET ... EX).
-local plan = cjson.decode(ARGV[1])
-local prefix = ARGV[2]
-local dedupe_ttl = tonumber(ARGV[3])
+-- `plan` and NONE (-inf) are defined above this text by store.py (WindowPlan.to_script_plan)
+local prefix = ARGV[1]
+local dedupe_ttl = tonumber(ARGV[2])
 local ne, nn, nh = plan.ne, plan.nn, plan.nh
 local lateness = plan.late
 local m = 1 + ne + nn -- numbers per event
 local stride = 1 + nh -- strings per event
-local a0 = 4 + ne
+local a0 = 3 + ne
 local nev = (#ARGV - a0) / stride
 local floor, tonumber, spack, sunpack, unpack = math.floor, tonumber, struct.pack, struct.unpack, unpack
-local NONE = -math.huge
 local rcall = redis.call
 
 local fmts = {}
@@ -34,59 +33,12 @@ local function fmt_of(n)
   return f
 end
 
--- the plan, flattened: per group its record width, the offsets of its fields in a record, and its
--- place among its entity's groups; per entity the state of a new entity
-local groups = plan.groups
-local ngroups = #groups
-local ents = plan.ents
-for s = 1, ne do
-  local ent = ents[s]
-  ent.ttl_s = tostring(ent.ttl)
-  ent.widths = {}
-  ent.H = ent.last and (1 + #ent.lf) or 0
-  ent.new = {ent.H}
-  if ent.last then
-    ent.new[2] = NONE
-    for j = 1, #ent.lf do ent.new[2 + j] = 0 end
-  end
-end
-for gi = 1, ngroups do
-  local g = groups[gi]
-  local w = 2
-  local lists = {g.s, g.q, g.m, g.M}
-  local offs, at = {}, {}
-  for li = 1, 4 do
-    local o, a = {}, {}
-    local list = lists[li]
-    for i = 1, #list do o[list[i]] = w; a[i] = w; w = w + 1 end -- offset from the record's first element
-    offs[li], at[li] = o, a
-  end
-  g.w = w
-  g.so, g.qo, g.mo, g.Mo = offs[1], offs[2], offs[3], offs[4]
-  g.sa, g.qa, g.ma, g.Ma = at[1], at[2], at[3], at[4]
-  local ent = ents[g.e]
-  local widths = ent.widths
-  widths[#widths + 1] = w
-  g.ei = #widths
-  ent.new[#ent.new + 1] = 0
-end
-local reads = plan.reads
-local nreads = #reads
+local groups, ents, reads = plan.groups, plan.ents, plan.reads
+local ngroups, nreads = #groups, #reads
 local lastreads = {} -- reads of the latest event ('l', 't'): taken before the event is applied
 for r_i = 1, nreads do
   local r = reads[r_i]
-  r.i = r_i
-  if r.a == 'l' or r.a == 't' then
-    lastreads[#lastreads + 1] = r
-    if r.a == 'l' then
-      for j, f in ipairs(ents[r.e].lf) do if f == r.f then r.li = j end end
-    end
-  elseif r.a ~= 'd' then
-    local g = groups[r.g]
-    r.b, r.w, r.ei = g.b, g.w, g.ei
-    if r.a == 'i' then r.o = g.mo[r.f] elseif r.a == 'x' then r.o = g.Mo[r.f]
-    elseif r.a ~= 'c' then r.o = g.so[r.f]; r.oq = g.qo[r.f] end
-  end
+  if r.a == 'l' or r.a == 't' then r.i = r_i; lastreads[#lastreads + 1] = r end
 end
 
 -- where group number ei of an entity starts in its state (the index of its bucket count)
@@ -124,12 +76,12 @@ local N
 do
   local total = nev * m
   if total <= 4000 then
-    N = {sunpack(fmt_of(total), ARGV[4 + ne])}
+    N = {sunpack(fmt_of(total), ARGV[3 + ne])}
   else
     N = {}
     for j0 = 0, total - 1, 4000 do
       local cnt = math.min(4000, total - j0)
-      local part = {sunpack(fmt_of(cnt), ARGV[4 + ne], j0 * 8 + 1)}
+      local part = {sunpack(fmt_of(cnt), ARGV[3 + ne], j0 * 8 + 1)}
       for j = 1, cnt do N[j0 + j] = part[j] end
     end
   end
@@ -141,7 +93,7 @@ local states, slot_of, dirty = {}, {}, {}
 do
   local j = 0
   for s = 1, ne do
-    for _ = 1, tonumber(ARGV[3 + s]) do j = j + 1; slot_of[j] = s end
+    for _ = 1, tonumber(ARGV[2 + s]) do j = j + 1; slot_of[j] = s end
   end
   for j0 = 1, nkeys, 1000 do
     local j1 = math.min(j0 + 999, nkeys)
@@ -271,7 +223,7 @@ for i = 0, nev - 1 do
       local st = states[ki[r.e]]
       local val = 0
       local gp = gstart(st, ents[r.e].widths, r.ei)
-      local w = r.w
+      local w = r.rw
       local p, last = gp + 1, gp + st[gp] * w
       local top = floor(ts / r.b)
       local lo = top - r.n + 1
@@ -312,7 +264,7 @@ end
 for k = 1, nkeys do
   if dirty[k] then
     local st = states[k]
-    rcall('SET', KEYS[k], spack(fmt_of(#st), unpack(st)), 'EX', ents[slot_of[k]].ttl_s)
+    rcall('SET', KEYS[k], spack(fmt_of(#st), unpack(st)), 'EX', ents[slot_of[k]].ttl)
   end
 end
 if wm > wm0 then rcall('SET', wmkey, string.format('%.17g', wm)) end

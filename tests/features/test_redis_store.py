@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -145,4 +146,40 @@ async def test_late_events_are_scored_flagged_and_not_applied(servers: Servers, 
     assert now[0].applied and within[0].applied and not within[0].late
     assert beyond[0].late and not beyond[0].applied and again[0].late
     assert after[0].values[count] == 3  # a, b and d: the late one moved nothing
+    await store.close()
+
+
+async def test_a_large_batch_equals_the_reference(servers: Servers, allaggs: Pipeline) -> None:
+    # over 1,000 events and keys: the script reads, unpacks and answers in slices
+    rng = random.Random(7)
+    t0 = 1_800_000_000 * S
+    events = [tx(f"L{i}", f"c{rng.randrange(900)}", t0 + i * 200_000, round(rng.uniform(1, 500), 2),
+                 f"m{rng.randrange(400)}") for i in range(1500)]
+    events += events[:50]  # redeliveries inside the batch
+    store = store_for(servers, allaggs)
+    assert_same(allaggs, await store.update_and_read(events), ReferenceStore(allaggs).results(events))
+    await store.close()
+
+
+async def test_applied_ids_are_remembered_for_one_to_two_dedupe_periods(servers: Servers,
+                                                                       fraud_pipeline: Pipeline) -> None:
+    client = aioredis.Redis.from_url(servers.redis_url)
+    store = RedisFeatureStore(client, fraud_pipeline, prefix=unique("test") + ":", dedupe_ttl_s=1)
+    ev = [tx("once", "c1", 1_800_000_000 * S, 10.0, "m1")]
+    assert (await store.update_and_read(ev))[0].applied
+    # an id applied during period k is looked up until period k + 2 starts: for more than one period
+    await asyncio.sleep(0.9)
+    assert not (await store.update_and_read(ev))[0].applied
+    await asyncio.sleep(1.2)  # two periods after it was applied: forgotten
+    assert (await store.update_and_read(ev))[0].applied
+    await store.close()
+
+
+async def test_every_key_of_an_entity_is_hash_tagged(servers: Servers, allaggs: Pipeline) -> None:
+    store = store_for(servers, allaggs)
+    await store.update_and_read([tx("k1", "c9", 1_800_000_000 * S, 3.0, "m9")])
+    keys = sorted([k.decode() async for k in store.client.scan_iter(match=store.prefix + "e2:*")])
+    assert keys and all(k.startswith(store.prefix + "e2:{") for k in keys)
+    tags = {k[k.index("{") : k.index("}") + 1] for k in keys}
+    assert tags == {"{card_id=c9}", "{card_id+merchant_id=c9|m9}"}
     await store.close()
