@@ -121,6 +121,14 @@ class Stack:
             state.save(self.run_dir)
         return state
 
+    def redis_only(self) -> Service:
+        """Start Redis alone, without the broker (or adopt the configured one unless ``private_redis``).
+
+        For commands that need only Redis, such as ``streaming bench features``; :meth:`down`
+        stops what this started. The run state is not written: this Redis is the caller's.
+        """
+        return self._start_or_adopt_redis()
+
     def down(self) -> list[str]:
         """Stop the processes this stack started; return what was stopped."""
         state = self.state
