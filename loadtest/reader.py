@@ -101,8 +101,8 @@ class _Ids:
         return str(self.codec.decode(self.subject, data)[self.id_field])
 
 
-def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str, match: str, ready: EventT,
-          stop: EventT, count: Any, conn: Connection) -> None:
+def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str, match: str, count_prefix: str,
+          ready: EventT, stop: EventT, count: Any, conn: Connection) -> None:
     """The child's main: read until ``stop``, then send the :class:`ReadResult` through ``conn``."""
     from streaming.events.reader import TopicReader
 
@@ -111,7 +111,7 @@ def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str,
     ready.set()
     kept: dict[str, tuple[int, bytes | None]] = {}
     seen: dict[str, int] = {}
-    undecodable = records = 0
+    undecodable = records = counted = 0
     while not stop.is_set():
         msgs = reader.poll(0.005)
         if not msgs:
@@ -129,9 +129,10 @@ def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str,
             if c is None:
                 seen[eid] = 1
                 kept[eid] = (now, value)
+                counted += eid.startswith(count_prefix)
             else:
                 seen[eid] = c + 1
-        count.value = len(kept)
+        count.value = counted
     reader.close()
     out = ReadResult(duplicates=sum(c - 1 for c in seen.values()), undecodable=undecodable, records=records)
     for eid, (recv, value) in kept.items():
@@ -152,7 +153,7 @@ class ReaderProcess:
     """Starts the reading child (``spawn``: no threads or sockets inherited from the generator)."""
 
     def __init__(self, bootstrap: str, topic: str, codec: Codec, *, match: str = "prediction",
-                 event_subject: str = "", id_field: str = "event_id") -> None:
+                 event_subject: str = "", id_field: str = "event_id", count_prefix: str = "") -> None:
         if match not in MATCH_MODES:
             raise ValueError(f"match must be one of {MATCH_MODES}, not {match!r}")
         ctx = mp.get_context("spawn")
@@ -162,8 +163,8 @@ class ReaderProcess:
         self._recv, send = ctx.Pipe(duplex=False)
         subject = "prediction" if match == "prediction" else event_subject
         self._proc = ctx.Process(target=_read, name="loadtest-reader", daemon=True,
-                                 args=(bootstrap, topic, codec, subject, id_field, match, self._ready, self._stop,
-                                       self._count, send))
+                                 args=(bootstrap, topic, codec, subject, id_field, match, count_prefix, self._ready,
+                                       self._stop, self._count, send))
         self._proc.start()
         send.close()
 
@@ -176,8 +177,12 @@ class ReaderProcess:
                 self._proc.kill()
                 raise UserError(f"the load test's reader was not ready after {timeout:.0f}s")
 
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid or 0)
+
     def count(self) -> int:
-        """Distinct event ids received so far."""
+        """Distinct event ids received so far that start with ``count_prefix`` (the run's own events, not a warm-up)."""
         return int(self._count.value)
 
     def stop(self, timeout: float = 120.0) -> ReadResult:

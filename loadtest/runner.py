@@ -11,6 +11,8 @@ schedule is reported, and the run fails when it sent below 95% of the target.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,7 +29,7 @@ from streaming.events.producer import entity_key
 from streaming.pipeline.spec import Pipeline
 from streaming.synthetic.registry import generator_for
 
-__all__ = ["LoadResult", "run_load", "STAGES"]
+__all__ = ["LoadResult", "run_load", "STAGES", "cpu_seconds"]
 
 #: per-stage breakdown from the prediction's timestamps
 STAGES = ("broker_and_fetch", "features", "queue", "inference", "publish_and_read")
@@ -48,6 +50,8 @@ class LoadResult:
     stages_ms: dict[str, dict[str, float]]
     windows: list[dict[str, float]] = field(default_factory=list)  # per second of the schedule
     dead_letters: int = 0
+    cpu_pct: dict[str, float] = field(default_factory=dict)  # per watched process, while the schedule ran
+    missing_ids: list[str] = field(default_factory=list)  # the first few, for debugging
 
     def percentiles(self, h: HdrHistogram) -> dict[str, float]:
         if h.get_total_count() == 0:
@@ -78,7 +82,18 @@ class LoadResult:
             "slo_p99_ms": slo_p99_ms,
             "slo_pass": bool(kept_up and self.missing == 0 and p["p99_ms"] <= slo_p99_ms),
             "stages_ms": self.stages_ms,
+            **({"cpu_pct": self.cpu_pct} if self.cpu_pct else {}),
         }
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far (all its threads; Linux /proc), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _prepare(pipeline: Pipeline, codec: Codec, offsets: Iterable[float], start_us: int, seed: int,
@@ -108,24 +123,28 @@ def run_load(
     drain_s: float = 10.0,
     seed: int = 0,
     match: str = "prediction",
+    cpu_clocks: dict[str, Callable[[], float | None]] | None = None,
     progress: Callable[[int, int, int], None] = lambda _sent, _total, _got: None,
 ) -> LoadResult:
     """Send ``offsets`` open loop to ``events_topic`` and match what arrives on ``predictions_topic``.
 
     ``match="prediction"``: the worker's predictions (with the stage breakdown); ``"event"``: records
     of the event schema (a forwarder's pass-through, or ``events_topic`` itself read back).
-    The reader runs in its own process (:mod:`loadtest.reader`).
+    The reader runs in its own process (:mod:`loadtest.reader`). ``cpu_clocks``: CPU-seconds clocks
+    (by role, e.g. :func:`cpu_seconds` of a pid) whose use from the first send to the last is
+    reported (``cpu_pct``, 100 = one core).
     """
     offsets = list(offsets)
+    id_prefix = f"lt{time.time_ns() // 1000}-"
     reader = ReaderProcess(bootstrap, predictions_topic, codec, match=match, event_subject=pipeline.event.schema,
-                           id_field=pipeline.event.id_field)
+                           id_field=pipeline.event.id_field, count_prefix=id_prefix)
     try:
         # every event is encoded before the first send; the schedule starts once that and the reader are done
         t0 = time.perf_counter()
         _prepare(pipeline, codec, offsets[:500], time.time_ns() // 1000, seed, "calibrate-")
         per_event_s = (time.perf_counter() - t0) / max(1, min(500, len(offsets)))
         start_us = (time.time_ns() // 1000) + int((1.0 + 1.3 * per_event_s * len(offsets)) * 1e6)
-        plan = _prepare(pipeline, codec, offsets, start_us, seed, f"lt{start_us}-")
+        plan = _prepare(pipeline, codec, offsets, start_us, seed, id_prefix)
         reader.wait_ready()
     except BaseException:
         reader.stop(10)
@@ -138,6 +157,11 @@ def run_load(
     now_us = time.time_ns() // 1000
     if start_us > now_us:
         time.sleep((start_us - now_us) / 1e6)
+    if cpu_clocks is not None:
+        cpu_clocks = {**cpu_clocks, "load_generator": functools.partial(cpu_seconds, os.getpid()),
+                      "load_reader": functools.partial(cpu_seconds, reader.pid)}
+    cpu0 = {k: clock() for k, clock in (cpu_clocks or {}).items()}
+    wall0 = time.monotonic()
     for i, (t, key, value, eid) in enumerate(plan):
         now_us = time.time_ns() // 1000
         if t > now_us:
@@ -156,6 +180,10 @@ def run_load(
         if now_us / 1e6 - last_tick >= 0.5:
             last_tick = now_us / 1e6
             progress(i + 1, len(plan), reader.count())
+    cpu1 = {k: clock() for k, clock in (cpu_clocks or {}).items()}
+    wall = max(1e-6, time.monotonic() - wall0)
+    cpu_pct = {k: round(100 * (b - a) / wall, 1) for k, a in cpu0.items()
+               if a is not None and (b := cpu1.get(k)) is not None}
     first_send = plan[0][0] if plan else start_us
     last_send = max(actual.values()) if actual else start_us
     producer.flush(30)
@@ -164,7 +192,9 @@ def run_load(
         progress(len(plan), len(plan), reader.count())
         time.sleep(0.1)
     got = reader.stop()
-    return _analyse(plan, actual, got, target_rate, first_send, last_send, lag_max)
+    result = _analyse(plan, actual, got, target_rate, first_send, last_send, lag_max)
+    result.cpu_pct = cpu_pct
+    return result
 
 
 def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], col: ReadResult,
@@ -204,6 +234,7 @@ def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], 
         })
     span = max(1e-6, (last_send - first_send) / 1e6)
     matched = sum(1 for *_, eid in plan if eid in col.first)
+    missing_ids = [eid for *_, eid in plan if eid not in col.first][:20]
     return LoadResult(
         target_rate=target_rate,
         achieved_rate=len(actual) / span if len(actual) > 1 else 0.0,
@@ -217,5 +248,6 @@ def _analyse(plan: list[tuple[int, bytes, bytes, str]], actual: dict[str, int], 
         stages_ms={s: {"p50": round(float(np.percentile(v, 50)), 2), "p99": round(float(np.percentile(v, 99)), 2)}
                    for s, v in stages.items() if v},
         windows=series,
+        missing_ids=missing_ids,
     )
 

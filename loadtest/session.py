@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 from confluent_kafka import Producer
 from tqdm import tqdm
 
 from loadtest.report import plot_capacity, write_report
-from loadtest.runner import run_load
+from loadtest.runner import cpu_seconds, run_load
 from loadtest.schedule import Phase, schedule
 from streaming.demo import count_records
 from streaming.errors import UserError
@@ -23,7 +25,7 @@ from streaming.events.producer import entity_key
 from streaming.events.reader import TopicReader
 from streaming.events.topics import ensure_topics
 from streaming.infra.processes import free_port
-from streaming.infra.stack import Stack, check_broker, resolve_endpoints
+from streaming.infra.stack import Stack, StackState, check_broker, resolve_endpoints
 from streaming.settings import Settings
 from streaming.synthetic.registry import generator_for
 from streaming.worker.process import WorkerProcess
@@ -32,7 +34,7 @@ from streaming.worker.runtime import load_components
 __all__ = ["LoadSession", "Target", "System", "capacity_search", "CURVE_KEYS"]
 
 #: what a capacity curve keeps of each step
-CURVE_KEYS = ("target_rate", "achieved_rate", "p50_ms", "p99_ms", "p999_ms", "missing", "slo_pass")
+CURVE_KEYS = ("rate", "target_rate", "achieved_rate", "p50_ms", "p99_ms", "p999_ms", "missing", "slo_pass")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Target:
     match: str = "prediction"
     dlq_topic: str | None = None
     warm_up: bool = True
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid, whose CPU use the run reports
+    check: Callable[[], None] | None = None  # raises when the system died (called while warming up)
 
 
 #: starts a system on fresh topics for one run and stops it after (a context manager factory)
@@ -57,13 +61,13 @@ System = Callable[[], AbstractContextManager[Target]]
 
 
 def capacity_search(probe: Callable[[float], bool], *, start_rate: float, max_rate: float,
-                    refine: int = 2) -> tuple[float, float | None]:
-    """MLPerf-server style: multiply the rate by 1.5 from ``start_rate`` until a step fails, then bisect ``refine`` times.
+                    refine: int = 2, factor: float = 1.5) -> tuple[float, float | None]:
+    """MLPerf-server style: multiply the rate by ``factor`` from ``start_rate`` until a step fails, then bisect ``refine`` times.
 
     Returns (the highest passing rate or 0, the lowest failing rate or None when none failed).
 
     >>> capacity_search(lambda r: r <= 3000, start_rate=1000, max_rate=50000)
-    (2812.5, 3375.0)
+    (2812.5, 3093.75)
     >>> capacity_search(lambda r: True, start_rate=100, max_rate=200)
     (150.0, None)
     """
@@ -71,7 +75,7 @@ def capacity_search(probe: Callable[[float], bool], *, start_rate: float, max_ra
     rate = start_rate
     while rate <= max_rate:
         if probe(rate):
-            good, rate = rate, rate * 1.5
+            good, rate = rate, rate * factor
         else:
             bad = rate
             break
@@ -112,6 +116,13 @@ class LoadSession:
         if self._stack is not None:
             self._stack.down()
 
+    def child_env(self) -> dict[str, str]:
+        """What a system's process needs of this session's settings (endpoints, model registry, pipeline)."""
+        st = self.settings
+        return {"STREAMING_BROKER_URL": self.bootstrap, "STREAMING_REDIS_URL": self.redis_url,
+                "STREAMING_RUN_DIR": str(st.run_path), "STREAMING_MODELS_DIR": str(st.path(st.models_dir)),
+                "STREAMING_PIPELINE": str(st.path(st.pipeline)), "STREAMING_SCHEMAS_DIR": str(st.path(st.schemas_dir))}
+
     def fresh_topics(self, names: dict[str, str], tag: str) -> dict[str, str]:
         """Create ``{key: f"{name}-{tag}"}`` topics (the settings' partition count) and return their names."""
         topics = {k: f"{v}-{tag}" for k, v in names.items()}
@@ -124,12 +135,11 @@ class LoadSession:
         topics = self.fresh_topics({"STREAMING_TOPIC_EVENTS": "events-lt", "STREAMING_TOPIC_PREDICTIONS": "predictions-lt",
                                     "STREAMING_TOPIC_LABELS": "labels-lt", "STREAMING_TOPIC_RETRAIN": "retrain-lt",
                                     "STREAMING_TOPIC_DLQ": "dlq-lt"}, tag)
-        env = {**topics, "STREAMING_BROKER_URL": self.bootstrap, "STREAMING_REDIS_URL": self.redis_url,
-               "STREAMING_APP_ID": f"loadtest-{tag}", "STREAMING_METRICS_PORT": str(free_port()),
-               "STREAMING_RUN_DIR": str(self.settings.run_path)}
+        env = {**topics, **self.child_env(), "STREAMING_APP_ID": f"loadtest-{tag}",
+               "STREAMING_METRICS_PORT": str(free_port())}
         w = WorkerProcess(env, self.settings.run_path / f"loadtest-worker-{tag}.log").start()
         try:
-            yield env
+            yield {**env, "_WORKER_PID": str(w.proc.pid if w.proc else 0)}
         finally:
             w.stop()
 
@@ -138,7 +148,27 @@ class LoadSession:
         """Our worker on the pipeline (fresh topics, a fresh worker): the default system of a run."""
         with self.worker() as env:
             yield Target(env["STREAMING_TOPIC_EVENTS"], env["STREAMING_TOPIC_PREDICTIONS"], "prediction",
-                         env["STREAMING_TOPIC_DLQ"])
+                         env["STREAMING_TOPIC_DLQ"], pids={"worker": int(env["_WORKER_PID"])})
+
+    def cpu_clocks(self, pids: dict[str, int]) -> dict[str, Callable[[], float | None]]:
+        """CPU-seconds clocks for a run: the embedded broker (when this machine runs it), Redis (its
+        ``INFO cpu``, wherever it runs) and ``pids``."""
+        state = StackState.load(self.settings.run_path)
+        procs = {name: svc.pid for name, svc in state.services.items()
+                 if name == "broker" and svc.pid is not None and svc.running}
+        clocks: dict[str, Callable[[], float | None]] = {k: functools.partial(cpu_seconds, pid)
+                                                          for k, pid in {**procs, **pids}.items()}
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
+
+        def redis_cpu() -> float | None:
+            try:
+                info = client.info("cpu")
+            except redis.RedisError:
+                return None
+            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+        clocks["redis"] = redis_cpu
+        return clocks
 
     def warm_up(self, target: Target, timeout: float = 90.0) -> None:
         """Send one event (not part of any schedule) and wait until a record comes out of ``target``."""
@@ -156,6 +186,8 @@ class LoadSession:
             producer.flush(10)
             deadline = time.monotonic() + timeout
             while not reader.poll(0.1):
+                if target.check is not None:
+                    target.check()
                 if time.monotonic() > deadline:
                     raise UserError(f"nothing came out on {target.output_topic} within {timeout:.0f}s of the warm-up event")
         finally:
@@ -184,7 +216,8 @@ class LoadSession:
             result = run_load(bootstrap=self.bootstrap, events_topic=tgt.events_topic,
                               predictions_topic=tgt.output_topic, pipeline=self.pipeline,
                               codec=self.codec, offsets=offsets, target_rate=target, linger_ms=linger_ms,
-                              seed=seed, match=tgt.match, progress=progress, drain_s=drain_s)
+                              seed=seed, match=tgt.match, progress=progress, drain_s=drain_s,
+                              cpu_clocks=self.cpu_clocks(tgt.pids))
             bar.close()
             if tgt.dlq_topic:
                 result.dead_letters = count_records(self.bootstrap, tgt.dlq_topic, started_ms)
@@ -198,19 +231,25 @@ class LoadSession:
 
     def capacity(self, *, slo_p99_ms: float, step_s: float, start_rate: float, max_rate: float,
                  report_dir: Path | None, refine: int = 2, system: System | None = None, label: str = "capacity",
-                 linger_ms: float = 20.0) -> dict[str, Any]:
-        """Highest Poisson rate with p99 <= SLO, nothing missing, and the generator keeping up."""
+                 linger_ms: float = 20.0, factor: float = 1.5, show_progress: bool = False,
+                 keep_steps: bool = False) -> dict[str, Any]:
+        """Highest Poisson rate with p99 <= SLO, nothing missing, and the generator keeping up.
+
+        Each curve point keeps the step's nominal ``rate`` (what the search asked for) beside its
+        ``target_rate`` (the Poisson schedule's own count over the step) and ``achieved_rate``.
+        """
         curve: list[dict[str, Any]] = []
 
         def probe(rate: float) -> bool:
-            s = self.run(profile="poisson", rate=rate, duration_s=step_s, slo_p99_ms=slo_p99_ms, show_progress=False,
-                         system=system, linger_ms=linger_ms)
+            s = self.run(profile="poisson", rate=rate, duration_s=step_s, slo_p99_ms=slo_p99_ms,
+                         show_progress=show_progress, system=system, linger_ms=linger_ms)
+            s["rate"] = round(rate, 1)
             curve.append(s)
             self.say(f"{label}: {rate:>8,.0f}/s  achieved {s['achieved_rate']:>8,.0f}/s  p99 {s['p99_ms']:>8.1f} ms  "
                      f"missing {s['missing']}  {'pass' if s['slo_pass'] else 'FAIL'}")
             return bool(s["slo_pass"])
 
-        good, bad = capacity_search(probe, start_rate=start_rate, max_rate=max_rate, refine=refine)
+        good, bad = capacity_search(probe, start_rate=start_rate, max_rate=max_rate, refine=refine, factor=factor)
         out: dict[str, Any] = {
             "slo_p99_ms": slo_p99_ms,
             "max_rate_at_slo": round(good, 1),
@@ -218,6 +257,8 @@ class LoadSession:
             "step_duration_s": step_s,
             "curve": [{k: c[k] for k in CURVE_KEYS} for c in curve],
         }
+        if keep_steps:
+            out["steps"] = curve
         if report_dir is not None:
             out["plot"] = str(plot_capacity(report_dir, out["curve"], slo_p99_ms))
         return out

@@ -369,6 +369,47 @@ def bench_batching(quick: bool, out_dir: Path, as_json: bool) -> None:
     _emit(result, as_json)
 
 
+@bench.command("pipeline")
+@click.option("--quick", is_flag=True, help="5 s steps, rates doubling, no bisection (a few minutes).")
+@click.option("--slo-p99-ms", type=float, default=None, help="SLO (default: the pipeline's slo_p99_ms, 50 ms).")
+@click.option("--step-duration", type=float, default=None, help="Seconds each rate is held [30; --quick: 5].")
+@click.option("--systems", default="bare_broker,faust_forward,quix_forward,naive,worker", show_default=True,
+              help="Comma-separated subset, in the order to run.")
+@click.option("--max-rate", type=float, default=None, help="Highest rate tried [40000; --quick: 16000].")
+@click.option("--start-rate", "start_rates", multiple=True, metavar="SYSTEM=RATE",
+              help="Where a system's search starts (repeatable), e.g. worker=300.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report directory (default: reports/bench-pipeline-<time>/).")
+@click.option("--quix-venv", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The Quix Streams venv (default .streaming/bench-venvs/quix; created when missing).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_friendly
+def bench_pipeline(quick: bool, slo_p99_ms: float | None, step_duration: float | None, systems: str,
+                   max_rate: float | None, start_rates: tuple[str, ...], report_dir: Path | None,
+                   quix_venv: Path | None, as_json: bool) -> None:
+    """Capacity at the SLO of a bare broker, a Faust and a Quix forwarder, a naive worker and ours (docs/loadtest.md)."""
+    from streaming.bench.pipeline import SYSTEMS, run_pipeline_bench
+    from streaming.bench.pipeline.quixenv import default_venv
+
+    names = [n.strip() for n in systems.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown or not names:
+        raise UserError(f"unknown system(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(SYSTEMS)}")
+    starts: dict[str, float] = {}
+    for item in start_rates:
+        name, _, rate = item.partition("=")
+        try:
+            starts[name.strip()] = float(rate)
+        except ValueError:
+            raise UserError(f"bad --start-rate {item!r}: use SYSTEM=RATE") from None
+    out = report_dir or Path("reports") / time.strftime("bench-pipeline-%Y%m%d-%H%M%S")
+    result = run_pipeline_bench(_settings(), quick=quick, slo_p99_ms=slo_p99_ms, step_s=step_duration, systems=names,
+                                max_rate=max_rate, start_rates=starts, report_dir=out,
+                                quix_venv=quix_venv or default_venv(), say=lambda m: click.echo(m, err=True))
+    click.echo(f"report: {result['report']}", err=True)
+    _emit(result, as_json)
+
+
 # -- load tests --------------------------------------------------------------
 def _emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
