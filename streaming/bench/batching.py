@@ -50,6 +50,8 @@ from streaming.inference.batching import (
     default_buckets,
     pad,
 )
+from streaming.inference.iobinding import CudaBinding
+from streaming.inference.providers import choose_providers
 
 __all__ = ["run_batching_bench", "build_mlp", "SLO_S", "MAX_ROWS", "STATIC_GRID"]
 
@@ -85,20 +87,32 @@ def build_mlp(d_in: int = D_IN, width: int = WIDTH, depth: int = DEPTH, seed: in
 
 
 class _Executor:
-    """One session, one worker thread: :meth:`run` hands a batch over and blocks until it is scored."""
+    """One session, one worker thread: :meth:`run` hands a batch over and blocks until it is scored.
 
-    def __init__(self, model: bytes) -> None:
+    On ``cuda`` the session runs through IO binding with pinned host buffers, one binding per bucket
+    (what the worker's :class:`~streaming.inference.session.OnnxModel` does).
+    """
+
+    def __init__(self, model: bytes, provider: str = "cpu") -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1  # two cores: one scores, the dispatch loop has the other
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, sess_options=opts, providers=choose_providers(provider))
         self.provider = self.session.get_providers()[0]
+        self._binding = CudaBinding(self.session, "x", "y", D_IN, BUCKETS) \
+            if self.provider == "CUDAExecutionProvider" else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-onnx")
 
+    def _run(self, X: np.ndarray) -> None:
+        if self._binding is not None:
+            self._binding.run(X, X.shape[0])
+        else:
+            self.session.run(None, {"x": X})
+
     def run(self, X: np.ndarray) -> None:
-        self._pool.submit(self.session.run, None, {"x": X}).result()
+        self._pool.submit(self._run, X).result()
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -326,19 +340,24 @@ def _static_factory(rows: int, wait: float, samples: dict[int, list[float]]) -> 
 
 
 # -- the benchmark -----------------------------------------------------------------
-def run_batching_bench(*, quick: bool, out_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    """Run the benchmark; return the JSON-able result; PNG plots go to ``out_dir``."""
+def run_batching_bench(*, quick: bool, out_dir: Path, say: Callable[[str], None],
+                       provider: str = "cpu") -> dict[str, Any]:
+    """Run the benchmark; return the JSON-able result; PNG plots go to ``out_dir``.
+
+    ``provider``: ``cpu``, ``cuda`` (an error where the CUDA provider cannot load) or ``auto``.
+    """
     steps, hold_s, phase_s, reps = (4, 1.0, 2.5, 8) if quick else (7, 4.0, 5.0, 30)
     return _bench(steps=steps, hold_s=hold_s, phase_s=phase_s, reps=reps, all_static_step=not quick,
-                  out_dir=out_dir, say=say, quick=quick)
+                  out_dir=out_dir, say=say, quick=quick, provider=provider)
 
 
 def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_step: bool, out_dir: Path,
-           say: Callable[[str], None], quick: bool, grid: Sequence[tuple[int, float]] = STATIC_GRID) -> dict[str, Any]:
+           say: Callable[[str], None], quick: bool, grid: Sequence[tuple[int, float]] = STATIC_GRID,
+           provider: str = "cpu") -> dict[str, Any]:
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     X = np.random.default_rng(1).standard_normal((MAX_ROWS, D_IN)).astype(np.float32)
-    ex = _Executor(build_mlp())
+    ex = _Executor(build_mlp(), provider)
     try:
         samples = _service_curve(ex, X, reps)
         curve = {b: {"mean_ms": round(float(np.mean(s)) * 1e3, 3), "p50_ms": round(float(np.median(s)) * 1e3, 3),

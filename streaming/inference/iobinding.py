@@ -93,8 +93,8 @@ class CudaBinding:
         view[:n] = X
         if n < bucket:
             view[n:] = 0.0
-        dev_in.update_inplace(view)
-        io.synchronize_inputs()
+        dev_in.update_inplace(view)  # cudaMemcpy: from pinned memory it returns once the data is on the device
+        if not self.pinned:
+            io.synchronize_inputs()
         self.session.run_with_iobinding(io)
-        io.synchronize_outputs()
-        return np.asarray(io.copy_outputs_to_cpu()[0])[:n]
+        return np.asarray(io.copy_outputs_to_cpu()[0])[:n]  # waits for the run

@@ -74,6 +74,9 @@ class AdaptivePolicy(BatchPolicy):
         The AIMD correction: window, multiplicative cut, additive step, lowest factor.
     provider, service
         The provider whose service model is used first, and that model (seed it with warm-up timings).
+    replan_every
+        The sizes' predicted throughputs and the fitting size are recomputed after this many observed
+        batches (not at every decision: at high rates the policy is asked often between two batches).
 
     >>> from streaming.inference.batching.service_model import ServiceModel
     >>> model = ServiceModel((1, 2, 4, 8, 16, 32))
@@ -103,6 +106,7 @@ class AdaptivePolicy(BatchPolicy):
         feedback_floor: float = 0.3,
         provider: str = "cpu",
         service: ServiceModel | None = None,
+        replan_every: int = 8,
     ) -> None:
         if slo_s <= 0 or not 0 < utilisation <= 1 or not 0 <= greedy_share <= 1 or guard_s < 0:
             raise ValueError("slo_s > 0, 0 < utilisation <= 1, 0 <= greedy_share <= 1, guard_s >= 0")
@@ -117,6 +121,9 @@ class AdaptivePolicy(BatchPolicy):
         self._sizes = tuple(b for b in self.buckets if b <= max_rows)
         if self._sizes[-1] != max_rows:
             self._sizes = (*self._sizes, max_rows)
+        self.replan_every = replan_every
+        self._plan: tuple[int, tuple[tuple[int, float], ...], int, float] | None = None
+        self._since_plan = 0
 
     @property
     def budget_s(self) -> float:
@@ -137,6 +144,22 @@ class AdaptivePolicy(BatchPolicy):
         """Predicted throughput of batches of ``rows`` (padded to their bucket)."""
         return rows / self.service.mean(bucket_for(rows, self.buckets))
 
+    def set_provider(self, provider: str) -> None:
+        super().set_provider(provider)
+        self._plan = None
+
+    def _planned(self) -> tuple[int, tuple[tuple[int, float], ...], int, float]:
+        """(fit, (rows, rows/s) per size, the best size within fit, its rows/s), from the service model."""
+        if self._plan is None:
+            fit = self.fit_rows(self.slo_s)
+            rps = tuple((rows, self.rows_per_s(rows)) for rows in self._sizes)
+            best, best_rps = self._sizes[0], 0.0
+            for rows, r in rps:
+                if rows <= fit and r > best_rps:
+                    best, best_rps = rows, r
+            self._plan = (fit, rps, best, best_rps)
+        return self._plan
+
     def target_rows(self, rate: float) -> tuple[int, float, DispatchReason]:
         """The batch worth waiting for at ``rate`` rows/s: (rows, their rows/s, reason it would go).
 
@@ -144,16 +167,10 @@ class AdaptivePolicy(BatchPolicy):
         otherwise the smallest larger size that does, or the size with the most rows per second
         (``overload``).
         """
-        fit = self.fit_rows(self.slo_s)
-        best, best_rps = self._sizes[0], 0.0
-        for rows in self._sizes:
-            rps = self.rows_per_s(rows)
-            if rows <= fit and rps > best_rps:
-                best, best_rps = rows, rps
+        fit, sizes, best, best_rps = self._planned()
         if rate <= best_rps:
             return best, best_rps, DispatchReason.FULL
-        for rows in self._sizes:
-            rps = self.rows_per_s(rows)
+        for rows, rps in sizes:
             if rows > fit and rate <= rps:
                 return rows, rps, DispatchReason.OVERLOAD
             if rps > best_rps:
@@ -169,7 +186,7 @@ class AdaptivePolicy(BatchPolicy):
         if age > 0:  # the rate the queue itself shows: a stale estimate after a drop must not make rows wait
             lam = min(lam, n / age)
         target, target_rps, reason = self.target_rows(lam)
-        rows = min(n, self.fit_rows(self.slo_s))
+        rows = min(n, self._planned()[0])
         if reason is DispatchReason.FULL and lam <= self.utilisation * target_rps \
                 and self.rows_per_s(rows) >= self.greedy_share * lam:
             return self._dispatch(now, queue, rows, DispatchReason.KEEPS_UP)
@@ -182,4 +199,7 @@ class AdaptivePolicy(BatchPolicy):
 
     def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Sequence[float] = ()) -> None:
         super().observe(dispatch, actual_s, latencies_s)
+        self._since_plan += 1
+        if self._since_plan >= self.replan_every:
+            self._plan, self._since_plan = None, 0
         self.correction.update(dispatch.at_s + actual_s, latencies_s, frozen=dispatch.reason is DispatchReason.OVERLOAD)

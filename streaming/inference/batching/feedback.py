@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 from streaming.inference.batching.service_model import quantile
 
 __all__ = ["AimdCorrection"]
@@ -18,6 +20,12 @@ class AimdCorrection:
     ``increase``. A window marked ``frozen`` (the policy was overloaded: the SLO
     was out of reach whatever the budget) never cuts: shrinking batches then
     would only lower throughput.
+
+    The decision is exact and cheap at any rate: the p99 is above the target
+    exactly when more than 1 % of the window's latencies are, so the window
+    keeps two counts, not its latencies (at 600,000 rows/s a window holds
+    300,000 of them, and sorting them stalled the dispatch loop for tens of
+    milliseconds). ``last_p99_s``, for reports, comes from a bounded sample.
 
     >>> c = AimdCorrection(0.050, interval_s=0.5, min_samples=1)
     >>> c.update(0.5, [0.080])  # window not over yet
@@ -41,23 +49,32 @@ class AimdCorrection:
         self.factor = 1.0
         self.last_p99_s: float | None = None
         self._start: float | None = None
-        self._window: list[float] = []
+        self._n = 0
+        self._over = 0
+        self._sample: list[float] = []
         self._frozen = False
+
+    _SAMPLE = 2048  # latencies kept per window for last_p99_s
 
     def update(self, now: float, latencies_s: Iterable[float], *, frozen: bool = False) -> float:
         """Add latencies observed at ``now``; close the window if it is over; return the factor."""
         if self._start is None:
             self._start = now
-        self._window.extend(latencies_s)
+        lat = np.asarray(latencies_s if isinstance(latencies_s, np.ndarray) else list(latencies_s), dtype=float)
+        if lat.size:
+            self._n += lat.size
+            self._over += int(np.count_nonzero(lat > self.target_s))
+            if len(self._sample) < self._SAMPLE:
+                step = max(1, lat.size * 8 // self._SAMPLE)  # large batches contribute a strided subset
+                self._sample.extend(lat[::step].tolist())
         self._frozen |= frozen
         if now - self._start >= self.interval_s:
-            if len(self._window) >= self.min_samples:
-                p99 = quantile(self._window, 0.99)
-                self.last_p99_s = p99
-                if p99 > self.target_s:
+            if self._n >= self.min_samples:
+                self.last_p99_s = quantile(self._sample, 0.99) if self._sample else None
+                if self._over > 0.01 * self._n:  # more than 1 % above the target: the p99 is above it
                     if not self._frozen:
                         self.factor = max(self.floor, self.factor * (1.0 - self.decrease))
                 else:
                     self.factor = min(1.0, self.factor + self.increase)
-            self._start, self._window, self._frozen = now, [], False
+            self._start, self._n, self._over, self._sample, self._frozen = now, 0, 0, [], False
         return self.factor
