@@ -345,7 +345,7 @@ def bench_features(quick: bool, as_json: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(s.replace(run_dir=tmp), private_redis=True, tie_to_parent=True)
         try:
-            url = stack._start_or_adopt_redis().url
+            url = stack.redis_only().url
             result = run_features_bench(url, pipeline, quick=quick, say=lambda m: click.echo(m, err=as_json))
         finally:
             stack.down()
@@ -359,13 +359,16 @@ def bench_features(quick: bool, as_json: bool) -> None:
 @click.option("--quick", is_flag=True, help="A short run (about a minute).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("reports/bench-batching"), show_default=True, help="Where the PNG plots go.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="ONNX Runtime provider (cuda: IO binding, pinned buffers; an error where CUDA cannot load).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @_friendly
-def bench_batching(quick: bool, out_dir: Path, as_json: bool) -> None:
+def bench_batching(quick: bool, out_dir: Path, provider: str, as_json: bool) -> None:
     """Batch policies (none, a static grid, adaptive) under open-loop Poisson load, in process (docs/batching.md)."""
     from streaming.bench.batching import run_batching_bench
 
-    result = run_batching_bench(quick=quick, out_dir=out_dir, say=lambda m: click.echo(m, err=as_json))
+    result = run_batching_bench(quick=quick, out_dir=out_dir, say=lambda m: click.echo(m, err=as_json),
+                                provider=provider)
     _emit(result, as_json)
 
 
