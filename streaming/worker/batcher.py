@@ -67,12 +67,14 @@ R = TypeVar("R")
 class Batcher(Generic[R]):
     """A bounded FIFO in front of one executor, dispatched by a :class:`BatchPolicy`.
 
-    ``run_batch(rows, dispatch)`` runs one batch; its run time is what the
-    policy learns (so it should cover what scales with the batch: inference,
-    not the broker's acknowledgement).
+    ``run_batch(rows, dispatch)`` runs one batch and may return the seconds the
+    policy should learn as its run time (what scales with the batch: inference
+    timed on its own thread, not the event loop's or the broker's delays, which
+    a busy loop stretches whatever the batch size); when it returns None the
+    batch's wall time is used.
     """
 
-    def __init__(self, policy: BatchPolicy, run_batch: Callable[[list[R], Dispatch], Awaitable[None]], *,
+    def __init__(self, policy: BatchPolicy, run_batch: Callable[[list[R], Dispatch], Awaitable[float | None]], *,
                  bound: int, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if bound < policy.max_rows:
@@ -143,9 +145,9 @@ class Batcher(Generic[R]):
         if len(self._rows) < self.bound:
             self._space.set()
         t0 = self.clock()
-        await self.run_batch([r for _, r in batch], action)
+        service = await self.run_batch([r for _, r in batch], action)
         done = self.clock()
-        actual = done - t0
+        actual = done - t0 if service is None else service
         self.policy.observe(action, actual, [done - arrived for arrived, _ in batch])
         self.dispatches += 1
         m = self.metrics

@@ -61,6 +61,9 @@ class ScoredBatch:
     scored: int
     deadletters: int
     duplicates: int
+    #: what the batch cost that scales with its rows: inference timed on its thread plus building the
+    #: records; not the wait for the event loop, which a busy loop stretches whatever the batch size
+    service_s: float = 0.0
 
 
 def dead_letter(rec: InRecord, stage: str, exc: BaseException) -> DeadLetter:
@@ -82,6 +85,9 @@ class ScoreProcessor:
         self._defaults = WindowResult([0.0] * len(rt.pipeline.window_features), applied=False)
         # ONNX Runtime releases the GIL: inference runs here while the event loop goes on with Kafka I/O
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._log_tasks: set[asyncio.Task[None]] = set()
+        self.run_s = 0.0  # inference time measured on the inference thread (see ScoredBatch.service_s)
+        self.max_log_tasks = 8
 
     def _dlq(self, rec: InRecord, stage: str, exc: BaseException) -> OutRecord:
         dl = dead_letter(rec, stage, exc)
@@ -117,7 +123,15 @@ class ScoreProcessor:
                 delay = min(delay * 2, self.max_backoff_s)
 
     async def _predict(self, model: OnnxModel, X: np.ndarray) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, model.predict, X)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._timed, model, X)
+
+    def _timed(self, model: OnnxModel, X: np.ndarray) -> np.ndarray:
+        """``model.predict`` on the inference thread, adding its own run time to ``self.run_s``."""
+        t0 = time.perf_counter()
+        try:
+            return model.predict(X)
+        finally:
+            self.run_s += time.perf_counter() - t0
 
     async def _scores(self, model: OnnxModel, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
         reasons: list[str | None] = [None] * len(X)
@@ -196,8 +210,28 @@ class ScoreProcessor:
                 for i, ((rec, ev, tok), w) in enumerate(zip(good, windows, strict=True))]
         return Prepared(dead, rows)
 
-    async def score(self, rows: Sequence[Row]) -> ScoredBatch:
-        """Score one inference batch: the active model (and the shadow), predictions, the feature log."""
+    async def _log_served(self, served: list[ServedVector]) -> None:
+        """Write the served vectors to the feature log (best effort: the predictions go out regardless)."""
+        t0 = time.perf_counter()
+        try:
+            await self.rt.store.log_served(served)
+            self.rt.metrics.store_seconds.labels("log_served").observe(time.perf_counter() - t0)
+        except Exception as exc:  # redis raises several types
+            self.rt.metrics.store_errors.labels("log_served").inc()
+            log.warning("feature log write failed (%s: %s)", type(exc).__name__, exc)
+
+    async def flush_logs(self) -> None:
+        """Wait for the feature-log writes in flight."""
+        while self._log_tasks:
+            await asyncio.gather(*list(self._log_tasks))
+
+    async def score(self, rows: Sequence[Row], *, wait_log: bool = True) -> ScoredBatch:
+        """Score one inference batch: the active model (and the shadow), predictions, the feature log.
+
+        With ``wait_log=False`` the feature-log write (a Redis round trip) runs in the background
+        (at most ``max_log_tasks`` at once) instead of holding up the next batch; labels arrive
+        seconds later, long after it has landed.
+        """
         rt = self.rt
         m = rt.metrics
         out: list[OutRecord] = []
@@ -205,11 +239,13 @@ class ScoreProcessor:
         model, shadow = rt.models.active, rt.models.shadow  # a model change takes effect between batches
         started = _now_us()
         t2 = time.perf_counter()
+        self.run_s = 0.0
         scores, reasons = await self._scores(model, X)
         predicted_at = _now_us()
         m.stage.labels("inference").observe(time.perf_counter() - t2)
         m.batch_size.observe(len(rows))
         shadow_scores = await self._shadow_scores(shadow, X, scores) if shadow is not None else None
+        t_build = time.perf_counter()
 
         spec = rt.pipeline.event
         tag = model.tag
@@ -258,22 +294,21 @@ class ScoreProcessor:
                     None if shadow_scores is None else float(shadow_scores[i]),
                 ))
             produced.append(rec.timestamp_ms or 0)
-        try:
-            t3 = time.perf_counter()
-            if any_degraded and not served:
-                raise ConnectionError("feature store unavailable")
-            if served:
-                await rt.store.log_served(served)
-            m.store_seconds.labels("log_served").observe(time.perf_counter() - t3)
-        except Exception as exc:  # the feature log is best effort: the prediction still goes out
-            m.store_errors.labels("log_served").inc()
-            log.warning("feature log write failed (%s: %s)", type(exc).__name__, exc)
+        if any_degraded and not served:
+            m.store_errors.labels("log_served").inc()  # the store is down: nothing to log (defaults served)
+        elif served:
+            task = asyncio.ensure_future(self._log_served(served))
+            self._log_tasks.add(task)
+            task.add_done_callback(self._log_tasks.discard)
+            if wait_log or len(self._log_tasks) > self.max_log_tasks:
+                await task
         m.events.labels("scored").inc(len(rows))
         if duplicates:
             m.events.labels("duplicate").inc(duplicates)
         if late:
             m.events.labels("late").inc(late)
-        return ScoredBatch(out, produced, len(rows), 0, duplicates)
+        return ScoredBatch(out, produced, len(rows), 0, duplicates,
+                           service_s=self.run_s + (time.perf_counter() - t_build))
 
     async def process(self, records: Sequence[InRecord]) -> ScoredBatch:
         """Prepare and score a consumer batch as one inference batch (dead letters first)."""

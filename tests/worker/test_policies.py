@@ -50,3 +50,28 @@ def test_policy_none_scores_every_event_alone(servers: Servers, models_dir: Path
         assert samples[("streaming_batch_target_rows", ())] == 1
     finally:
         worker.stop()
+
+
+def test_batched_publishing_puts_each_key_on_its_partition(servers: Servers, models_dir: Path, codec_: Codec) -> None:
+    """Predictions go out as one record batch per partition; each key lands where Kafka's default partitioner
+    (murmur2, what a per-record send would use) puts it, and nothing is lost."""
+    from aiokafka.partitioner import murmur2
+
+    env = worker_env(servers, models_dir, STREAMING_TOPIC_PARTITIONS="3")
+    worker = WorkerProcess(env, servers.run_dir / f"{env['STREAMING_APP_ID']}.log").start()
+    try:
+        prod = EventProducer(servers.bootstrap, codec_, "transaction", env["STREAMING_TOPIC_EVENTS"],
+                             key_fields=["card_id"], linger_ms=5)
+        ids = [unique("part") for _ in range(300)]
+        for i, eid in enumerate(ids):
+            prod.send(transaction(eid, card=f"cp{i % 23}"))
+        assert prod.close() == 0
+        msgs = read_until(servers.bootstrap, env["STREAMING_TOPIC_PREDICTIONS"],
+                          lambda got: set(ids) <= {p["event_id"] for p in decoded(codec_, "prediction", got)}, 60)
+    finally:
+        worker.stop()
+    mine = [m for m in msgs if codec_.decode("prediction", m.value())["event_id"] in set(ids)]
+    assert sorted(codec_.decode("prediction", m.value())["event_id"] for m in mine) == sorted(ids)
+    assert {m.partition() for m in mine} == {0, 1, 2}
+    for m in mine:
+        assert m.partition() == (murmur2(m.key()) & 0x7FFFFFFF) % 3, m.key()
