@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -16,6 +17,7 @@ import redis
 from confluent_kafka import Producer
 from tqdm import tqdm
 
+from loadtest.reconcile import e2e_buckets, worker_view
 from loadtest.report import plot_capacity, write_report
 from loadtest.runner import cpu_seconds, run_load
 from loadtest.schedule import Phase, schedule
@@ -54,10 +56,21 @@ class Target:
     warm_up: bool = True
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid, whose CPU use the run reports
     check: Callable[[], None] | None = None  # raises when the system died (called while warming up)
+    metrics_url: str | None = None  # our worker's /metrics: its own e2e histogram is reported beside ours
 
 
 #: starts a system on fresh topics for one run and stops it after (a context manager factory)
 System = Callable[[], AbstractContextManager[Target]]
+
+
+def _scrape_buckets(url: str | None) -> dict[float, float] | None:
+    if url is None:
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return e2e_buckets(resp.read().decode())
+    except OSError:
+        return None
 
 
 def capacity_search(probe: Callable[[float], bool], *, start_rate: float, max_rate: float,
@@ -148,7 +161,8 @@ class LoadSession:
         """Our worker on the pipeline (fresh topics, a fresh worker): the default system of a run."""
         with self.worker() as env:
             yield Target(env["STREAMING_TOPIC_EVENTS"], env["STREAMING_TOPIC_PREDICTIONS"], "prediction",
-                         env["STREAMING_TOPIC_DLQ"], pids={"worker": int(env["_WORKER_PID"])})
+                         env["STREAMING_TOPIC_DLQ"], pids={"worker": int(env["_WORKER_PID"])},
+                         metrics_url=f"http://127.0.0.1:{env['STREAMING_METRICS_PORT']}/metrics")
 
     def cpu_clocks(self, pids: dict[str, int]) -> dict[str, Callable[[], float | None]]:
         """CPU-seconds clocks for a run: the embedded broker (when this machine runs it), Redis (its
@@ -205,6 +219,7 @@ class LoadSession:
         with (system or self.worker_target)() as tgt:
             if tgt.warm_up:
                 self.warm_up(tgt)
+            baseline = _scrape_buckets(tgt.metrics_url)
             bar = tqdm(total=len(offsets), unit="ev", desc=f"{profile} {target:,.0f}/s", disable=not show_progress,
                        dynamic_ncols=True, mininterval=0.5)
 
@@ -221,7 +236,15 @@ class LoadSession:
             bar.close()
             if tgt.dlq_topic:
                 result.dead_letters = count_records(self.bootstrap, tgt.dlq_topic, started_ms)
+            view = None
+            if tgt.metrics_url is not None:
+                try:
+                    view = worker_view(tgt.metrics_url, slo_p99_ms, result.intended, result.actual, baseline)
+                except OSError as exc:
+                    self.say(f"could not read the worker's metrics ({exc}); no reconciliation")
         summary = result.summary(slo_p99_ms)
+        if view is not None:
+            summary["worker_histogram"] = view
         summary.update({"profile": profile, "duration_s": duration_s, "generator_linger_ms": linger_ms,
                         "partitions": self.settings.topic_partitions})
         if report_dir is not None:

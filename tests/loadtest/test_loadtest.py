@@ -38,6 +38,12 @@ def test_a_short_run_reports_and_gives_a_verdict(servers: Servers, models_dir: P
     assert 0.95 * result["target_rate"] <= result["achieved_rate"] <= 1.05 * result["target_rate"]
     assert result["p50_ms"] <= result["p99_ms"] <= result["p999_ms"]
     assert set(result["stages_ms"]) == {"broker_and_fetch", "features", "queue", "inference", "publish_and_read"}
+    # the worker's own e2e histogram, same run: every scored event once (the warm-up subtracted), and never
+    # more events over the SLO than the load test's actual-send view (which adds the reader's fetch)
+    view = result["worker_histogram"]
+    assert view["worker_e2e_count"] == result["sent"]
+    assert view["worker_share_over_slo"] <= view["loadtest_share_over_slo_actual"] <= \
+        view["loadtest_share_over_slo_intended"]
     for name in ("report.md", "latency_over_time.png", "percentile_spectrum.png", "rate_and_batch.png"):
         assert (report / name).stat().st_size > 0
 
