@@ -19,6 +19,7 @@ from typing import Any
 import faust
 
 from streaming.inference.batching import Dispatch
+from streaming.settings import Settings
 from streaming.worker import transport
 from streaming.worker.batcher import Batcher, policy_for, seed
 from streaming.worker.learn import LabelProcessor
@@ -27,7 +28,7 @@ from streaming.worker.records import InRecord, OutRecord
 from streaming.worker.runtime import Runtime
 from streaming.worker.score import Row, ScoreProcessor
 
-__all__ = ["StreamingApp", "create_app"]
+__all__ = ["StreamingApp", "app_keywords", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,10 @@ async def _send_all(app: faust.App, records: Sequence[OutRecord]) -> None:
     await asyncio.gather(*futures)
 
 
-def create_app(rt: Runtime) -> StreamingApp:
-    s = rt.settings
-    app = StreamingApp(
-        s.app_id,
-        broker=f"{transport.SCHEME}://{rt.bootstrap}",
+def app_keywords(s: Settings, bootstrap: str) -> dict[str, Any]:
+    """The ``faust.App`` keywords of our worker (also used by the benchmark's Faust apps, so they run alike)."""
+    return dict(
+        broker=f"{transport.SCHEME}://{bootstrap}",
         store="memory://",
         web_enabled=False,
         topic_partitions=s.topic_partitions,
@@ -87,6 +87,11 @@ def create_app(rt: Runtime) -> StreamingApp:
         stream_wait_empty=False,
         cython_optimizations=True,  # Faust's repaired Cython fast paths (facts.md: less CPU per message)
     )
+
+
+def create_app(rt: Runtime) -> StreamingApp:
+    s = rt.settings
+    app = StreamingApp(s.app_id, **app_keywords(s, rt.bootstrap))
     app.fetch_max_wait_ms = s.consumer_fetch_max_wait_ms
     events_topic = app.topic(s.topic_events, key_type=bytes, value_type=bytes, key_serializer="raw",
                              value_serializer="raw")

@@ -26,23 +26,10 @@ __all__ = ["app_keywords", "build_app", "run_faust", "main"]
 
 
 def app_keywords(s: Settings, bootstrap: str) -> dict[str, Any]:
-    """The ``faust.App`` keywords of our worker (streaming.app.create_app), for the bench's Faust apps."""
-    from streaming.worker import transport
+    """The ``faust.App`` keywords of our worker (:func:`streaming.app.app_keywords`)."""
+    from streaming.app import app_keywords as worker_keywords
 
-    return dict(
-        broker=f"{transport.SCHEME}://{bootstrap}",
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=s.topic_partitions,
-        topic_allow_declare=False,
-        producer_linger=s.producer_linger_ms / 1000.0,
-        producer_acks=-1 if s.producer_acks == "all" else int(s.producer_acks),
-        broker_session_timeout=s.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
-        broker_commit_interval=s.commit_interval_s,
-        consumer_auto_offset_reset="earliest",
-        stream_wait_empty=False,
-    )
+    return worker_keywords(s, bootstrap)
 
 
 def run_faust(s: Settings, build: Callable[[Settings, str], Any]) -> None:
