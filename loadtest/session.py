@@ -26,6 +26,7 @@ from streaming.errors import UserError
 from streaming.events.producer import entity_key
 from streaming.events.reader import TopicReader
 from streaming.events.topics import ensure_topics
+from streaming.features.store import drop_namespace
 from streaming.infra.processes import free_port
 from streaming.infra.stack import Stack, StackState, check_broker, resolve_endpoints
 from streaming.settings import Settings
@@ -148,13 +149,16 @@ class LoadSession:
         topics = self.fresh_topics({"STREAMING_TOPIC_EVENTS": "events-lt", "STREAMING_TOPIC_PREDICTIONS": "predictions-lt",
                                     "STREAMING_TOPIC_LABELS": "labels-lt", "STREAMING_TOPIC_RETRAIN": "retrain-lt",
                                     "STREAMING_TOPIC_DLQ": "dlq-lt"}, tag)
+        namespace = f"lt-{tag}:{self.pipeline.name}:"  # the run's own feature-store keys, dropped after it
         env = {**topics, **self.child_env(), "STREAMING_APP_ID": f"loadtest-{tag}",
-               "STREAMING_METRICS_PORT": str(free_port())}
+               "STREAMING_METRICS_PORT": str(free_port()), "STREAMING_REDIS_PREFIX": namespace}
         w = WorkerProcess(env, self.settings.run_path / f"loadtest-worker-{tag}.log").start()
         try:
             yield {**env, "_WORKER_PID": str(w.proc.pid if w.proc else 0)}
         finally:
             w.stop()
+            with contextlib.suppress(Exception):  # best effort: the keys expire anyway
+                drop_namespace(self.redis_url, namespace)
 
     @contextlib.contextmanager
     def worker_target(self) -> Iterator[Target]:

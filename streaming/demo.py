@@ -9,6 +9,7 @@ stops everything it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -24,6 +25,7 @@ from loadtest.percentiles import percentiles
 from streaming.events.producer import EventProducer
 from streaming.events.reader import TopicReader
 from streaming.events.topics import ensure_topics
+from streaming.features.store import drop_namespace
 from streaming.inference.registry import ModelRegistry
 from streaming.infra.processes import free_port
 from streaming.infra.stack import Stack, check_broker, resolve_endpoints
@@ -90,6 +92,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
     worker: WorkerProcess | None = None
     collector: PredictionCollector | None = None
     producers: list[EventProducer] = []
+    namespaces: list[tuple[str, str]] = []
     run_dir = settings.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -115,8 +118,13 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
         ensure_topics(bootstrap, settings.topics.values(), settings.topic_partitions)
         started_ms = int(time.time() * 1000)
         metrics_port = free_port()
+        # the run's own feature-store namespace: no window from an earlier run (or a load test on the same
+        # cards) leaks into this one; dropped at the end
+        namespace = f"demo-{started_ms}:{pipeline.name}:"
+        namespaces.append((redis_url, namespace))
         env = {"STREAMING_BROKER_URL": bootstrap, "STREAMING_REDIS_URL": redis_url,
-               "STREAMING_METRICS_PORT": str(metrics_port), "STREAMING_RUN_DIR": str(run_dir)}
+               "STREAMING_METRICS_PORT": str(metrics_port), "STREAMING_RUN_DIR": str(run_dir),
+               "STREAMING_REDIS_PREFIX": namespace}
         say("starting the worker (joining the consumer group takes a few seconds)")
         worker = WorkerProcess(env, run_dir / "demo-worker.log")
         worker.start()
@@ -196,6 +204,9 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
             collector.stop()
         if worker is not None:
             worker.stop()
+        for url, namespace in namespaces:
+            with contextlib.suppress(Exception):  # best effort: the keys expire anyway
+                drop_namespace(url, namespace)
         if stack is not None:
             stack.down()
 

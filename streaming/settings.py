@@ -114,6 +114,10 @@ class Settings:
     onnx_threads: int = _setting(1, "ONNX Runtime intra-op threads.", minimum=1)
     feature_log_ttl_s: int = _setting(86400, "How long the served feature vectors are kept for the label join.", minimum=1)
     dedupe_ttl_s: int = _setting(86400, "How long applied event ids are remembered (feature idempotency).", minimum=1)
+    redis_prefix: str = _setting(
+        "", "Prefix of every feature-store key (empty: the pipeline's name and ':'). The demo and load tests "
+        "set their own per run, so that no run sees another's windows.",
+    )
     challenger: bool = _setting(True, "Score each event with the online learner too (challenger_score).")
     # -- observability
     metrics_host: str = _setting("127.0.0.1", "Bind address of the worker's /metrics endpoint.")

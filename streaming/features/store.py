@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from streaming.features.layout import WindowPlan, lua_literal
 from streaming.pipeline.spec import Pipeline
 
-__all__ = ["FeatureStore", "RedisFeatureStore", "WindowResult", "ServedVector"]
+__all__ = ["drop_namespace", "FeatureStore", "RedisFeatureStore", "WindowResult", "ServedVector"]
 
 _SCRIPT = (Path(__file__).parent / "window.lua").read_text()
 #: the feature log: one SET ... EX per served vector, in one command (a pipeline of SETs cost the client
@@ -63,6 +63,28 @@ class ServedVector:
     def from_bytes(cls, event_id: str, data: bytes) -> ServedVector:
         d = orjson.loads(data)
         return cls(event_id, d["x"], d["v"], d["s"], d["t"], d.get("f", ""), d.get("hv"), d.get("h"))
+
+
+def drop_namespace(url: str, prefix: str, *, batch: int = 1000) -> int:
+    """Delete every key under ``prefix`` (SCAN + UNLINK; for a run's own namespace); returns how many."""
+    import redis
+
+    if not prefix or "*" in prefix:
+        raise ValueError(f"refusing to drop namespace {prefix!r}")
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    dropped = 0
+    try:
+        keys: list[bytes] = []
+        for key in client.scan_iter(match=prefix + "*", count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                dropped += int(client.unlink(*keys))
+                keys = []
+        if keys:
+            dropped += int(client.unlink(*keys))
+    finally:
+        client.close()
+    return dropped
 
 
 class FeatureStore(Protocol):

@@ -80,7 +80,8 @@ class Runtime:
         if create_topics:
             ensure_topics(bootstrap, settings.topics.values(), settings.topic_partitions)
         store = RedisFeatureStore.from_url(
-            redis_url, pipeline, dedupe_ttl_s=settings.dedupe_ttl_s, log_ttl_s=settings.feature_log_ttl_s
+            redis_url, pipeline, dedupe_ttl_s=settings.dedupe_ttl_s, log_ttl_s=settings.feature_log_ttl_s,
+            prefix=settings.redis_prefix or None,
         )
         metrics.model_info.labels(model.name, model.tag, model.provider).set(1)
         monitors = [DriftMonitor(spec, pipeline.name, model.tag) for spec in pipeline.monitors]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from loadtest.schedule import Phase, schedule
 from streaming.settings import project_root
@@ -46,6 +47,10 @@ def test_a_short_run_reports_and_gives_a_verdict(servers: Servers, models_dir: P
         view["loadtest_share_over_slo_intended"]
     for name in ("report.md", "latency_over_time.png", "percentile_spectrum.png", "rate_and_batch.png"):
         assert (report / name).stat().st_size > 0
+    # the run's worker kept its features under its own namespace, dropped after the run
+    client = redis.Redis.from_url(servers.redis_url)
+    assert not list(client.scan_iter(match="lt-*", count=1000))
+    client.close()
 
 
 def test_an_impossible_slo_fails_with_exit_code_1(servers: Servers, models_dir: Path, tmp_path: Path) -> None:
