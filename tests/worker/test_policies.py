@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from streaming.demo import scrape
 from streaming.events.codec import Codec
@@ -25,7 +26,9 @@ def codec_(schema_registry: SchemaRegistry) -> Codec:
 
 
 def test_policy_none_scores_every_event_alone(servers: Servers, models_dir: Path, codec_: Codec) -> None:
-    env = worker_env(servers, models_dir, STREAMING_BATCH_POLICY="none", STREAMING_METRICS_PORT=str(free_port()))
+    namespace = f"{unique('ns')}:fraud:"  # and the store keys everything under STREAMING_REDIS_PREFIX
+    env = worker_env(servers, models_dir, STREAMING_BATCH_POLICY="none", STREAMING_METRICS_PORT=str(free_port()),
+                     STREAMING_REDIS_PREFIX=namespace)
     worker = WorkerProcess(env, servers.run_dir / f"{env['STREAMING_APP_ID']}.log").start()
     try:
         prod = EventProducer(servers.bootstrap, codec_, "transaction", env["STREAMING_TOPIC_EVENTS"],
@@ -48,6 +51,12 @@ def test_policy_none_scores_every_event_alone(servers: Servers, models_dir: Path
             time.sleep(0.2)
         assert samples[("streaming_batch_dispatches_total", (("reason", "single"),))] >= len(ids)
         assert samples[("streaming_batch_target_rows", ())] == 1
+        client = redis.Redis.from_url(servers.redis_url)
+        entity_keys = list(client.scan_iter(match=namespace + "e2:*", count=1000))
+        logged = list(client.scan_iter(match=namespace + "flog:*", count=1000))
+        client.close()
+        assert len(entity_keys) >= 9 + 1  # the 9 cards (and their merchants) under the run's namespace
+        assert len(logged) == len(ids)  # one served vector per event, under the namespace too
     finally:
         worker.stop()
 
