@@ -17,7 +17,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["share_over", "worker_view", "e2e_buckets"]
+__all__ = ["share_over", "worker_view", "e2e_buckets", "scrape_buckets"]
 
 _NAME = "streaming_e2e_latency_seconds"
 
@@ -32,6 +32,12 @@ def e2e_buckets(metrics_text: str) -> dict[float, float]:
             if s.name == _NAME + "_bucket":
                 out[float(s.labels["le"])] = float(s.value)
     return out
+
+
+def scrape_buckets(metrics_url: str) -> dict[float, float]:
+    """The worker's e2e histogram, scraped now (see :func:`e2e_buckets`)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        return e2e_buckets(resp.read().decode())
 
 
 def share_over(h: HdrHistogram, limit_ms: float) -> float:
@@ -51,8 +57,7 @@ def worker_view(metrics_url: str, slo_ms: float, intended: HdrHistogram, actual:
 
     ``baseline``: the buckets scraped before the schedule (the warm-up event), subtracted.
     """
-    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
-        buckets = e2e_buckets(resp.read().decode())
+    buckets = scrape_buckets(metrics_url)
     if baseline:
         buckets = {le: c - baseline.get(le, 0.0) for le, c in buckets.items()}
     total = buckets.get(math.inf, 0.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -17,7 +16,7 @@ import redis
 from confluent_kafka import Producer
 from tqdm import tqdm
 
-from loadtest.reconcile import e2e_buckets, worker_view
+from loadtest.reconcile import scrape_buckets, worker_view
 from loadtest.report import plot_capacity, write_report
 from loadtest.runner import cpu_seconds, run_load
 from loadtest.schedule import Phase, schedule
@@ -65,11 +64,8 @@ System = Callable[[], AbstractContextManager[Target]]
 
 
 def _scrape_buckets(url: str | None) -> dict[float, float] | None:
-    if url is None:
-        return None
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return e2e_buckets(resp.read().decode())
+        return None if url is None else scrape_buckets(url)
     except OSError:
         return None
 

@@ -47,3 +47,20 @@ def read_until(bootstrap: str, topic: str, predicate: Any, timeout: float = 30.0
 
 def decoded(codec: Codec, subject: str, msgs: list[Any]) -> list[dict[str, Any]]:
     return [codec.decode(subject, m.value()) for m in msgs]
+
+
+def score_events(bootstrap: str, env: dict[str, str], codec: Codec, ids: list[str], cards: int,
+                 timeout: float = 60) -> list[Any]:
+    """Publish one transaction per id (cards ``c0..``) to the worker's events topic; read until every id has a
+    prediction. Returns the raw prediction records of those ids."""
+    from streaming.events.producer import EventProducer
+
+    prod = EventProducer(bootstrap, codec, "transaction", env["STREAMING_TOPIC_EVENTS"], key_fields=["card_id"],
+                         linger_ms=5)
+    for i, eid in enumerate(ids):
+        prod.send(transaction(eid, card=f"c{i % cards}-{ids[0]}"))
+    assert prod.close() == 0
+    want = set(ids)
+    msgs = read_until(bootstrap, env["STREAMING_TOPIC_PREDICTIONS"],
+                      lambda got: want <= {p["event_id"] for p in decoded(codec, "prediction", got)}, timeout)
+    return [m for m in msgs if codec.decode("prediction", m.value())["event_id"] in want]

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from streaming.errors import ModelError
-from streaming.inference.batching.buckets import bucket_for, check_buckets, default_buckets
+from streaming.inference.batching.buckets import bucket_for, check_buckets, default_buckets, pad
 from streaming.inference.iobinding import CudaBinding
 from streaming.inference.providers import choose_providers
 from streaming.inference.registry import ModelVersion
@@ -111,11 +111,7 @@ class OnnxModel:
             out = self._binding.run(X, bucket)
         else:
             n = X.shape[0]
-            if n < bucket:
-                padded = np.zeros((bucket, X.shape[1]), dtype=np.float32)
-                padded[:n] = X
-                X = padded
-            out = np.asarray(self.session.run([self.output_name], {self.input_name: X})[0])[:n]
+            out = np.asarray(self.session.run([self.output_name], {self.input_name: pad(X, bucket)})[0])[:n]
         return out[:, 1] if out.ndim == 2 and out.shape[1] == 2 else out.reshape(-1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:

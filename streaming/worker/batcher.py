@@ -21,15 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from streaming.inference.batching import (
-    AdaptivePolicy,
-    BatchPolicy,
-    Dispatch,
-    QueueState,
-    StaticPolicy,
-    Wait,
-    make_policy,
-)
+from streaming.inference.batching import BatchPolicy, Dispatch, QueueState, Wait, make_policy
 from streaming.inference.session import OnnxModel
 from streaming.observability.metrics import Metrics
 from streaming.pipeline.spec import BatchingSpec
@@ -111,14 +103,6 @@ class Batcher(Generic[R]):
         """Wait until every row put so far has run."""
         await self._idle.wait()
 
-    def _target(self) -> int:
-        p = self.policy
-        if isinstance(p, AdaptivePolicy):
-            return p.target_rows(p.rate.rate)[0]
-        if isinstance(p, StaticPolicy):
-            return p.max_rows
-        return 1
-
     async def run(self) -> None:
         """Dispatch forever (cancel the task to stop; :meth:`drained` first for a clean stop)."""
         while True:
@@ -156,7 +140,7 @@ class Batcher(Generic[R]):
             m.queue_wait.observe(action.queue_wait_s)
             m.batch_seconds.labels("predicted").observe(action.predicted_s)
             m.batch_seconds.labels("actual").observe(actual)
-            m.batch_target.set(self._target())
+            m.batch_target.set(self.policy.target())
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dispatch %d rows (bucket %d) reason=%s queue_wait=%.2fms predicted=%.2fms actual=%.2fms",
                       take, action.bucket, action.reason.value, action.queue_wait_s * 1e3,

@@ -10,12 +10,11 @@ import redis
 
 from streaming.demo import scrape
 from streaming.events.codec import Codec
-from streaming.events.producer import EventProducer
 from streaming.events.schemas import SchemaRegistry
 from streaming.infra.processes import free_port
 from streaming.worker.process import WorkerProcess
 from tests.conftest import Servers, unique, worker_env
-from tests.helpers import decoded, read_until, transaction
+from tests.helpers import decoded, score_events
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +30,8 @@ def test_policy_none_scores_every_event_alone(servers: Servers, models_dir: Path
                      STREAMING_REDIS_PREFIX=namespace)
     worker = WorkerProcess(env, servers.run_dir / f"{env['STREAMING_APP_ID']}.log").start()
     try:
-        prod = EventProducer(servers.bootstrap, codec_, "transaction", env["STREAMING_TOPIC_EVENTS"],
-                             key_fields=["card_id"], linger_ms=5)
         ids = [unique("one") for _ in range(200)]
-        for i, eid in enumerate(ids):
-            prod.send(transaction(eid, card=f"cn{i % 9}"))
-        assert prod.close() == 0
-        msgs = read_until(servers.bootstrap, env["STREAMING_TOPIC_PREDICTIONS"],
-                          lambda got: set(ids) <= {p["event_id"] for p in decoded(codec_, "prediction", got)}, 60)
-        preds = [p for p in decoded(codec_, "prediction", msgs) if p["event_id"] in set(ids)]
+        preds = decoded(codec_, "prediction", score_events(servers.bootstrap, env, codec_, ids, cards=9))
         assert sorted(p["event_id"] for p in preds) == sorted(ids)
         assert {p["batch_size"] for p in preds} == {1}
         url = f"http://127.0.0.1:{env['STREAMING_METRICS_PORT']}/metrics"
@@ -69,17 +61,10 @@ def test_batched_publishing_puts_each_key_on_its_partition(servers: Servers, mod
     env = worker_env(servers, models_dir, STREAMING_TOPIC_PARTITIONS="3")
     worker = WorkerProcess(env, servers.run_dir / f"{env['STREAMING_APP_ID']}.log").start()
     try:
-        prod = EventProducer(servers.bootstrap, codec_, "transaction", env["STREAMING_TOPIC_EVENTS"],
-                             key_fields=["card_id"], linger_ms=5)
         ids = [unique("part") for _ in range(300)]
-        for i, eid in enumerate(ids):
-            prod.send(transaction(eid, card=f"cp{i % 23}"))
-        assert prod.close() == 0
-        msgs = read_until(servers.bootstrap, env["STREAMING_TOPIC_PREDICTIONS"],
-                          lambda got: set(ids) <= {p["event_id"] for p in decoded(codec_, "prediction", got)}, 60)
+        mine = score_events(servers.bootstrap, env, codec_, ids, cards=23)
     finally:
         worker.stop()
-    mine = [m for m in msgs if codec_.decode("prediction", m.value())["event_id"] in set(ids)]
     assert sorted(codec_.decode("prediction", m.value())["event_id"] for m in mine) == sorted(ids)
     assert {m.partition() for m in mine} == {0, 1, 2}
     for m in mine:

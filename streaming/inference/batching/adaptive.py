@@ -197,6 +197,10 @@ class AdaptivePolicy(BatchPolicy):
             return self._dispatch(now, queue, n, DispatchReason.DEADLINE)
         return Wait(latest)
 
+    def target(self) -> int:
+        """The size worth waiting for at the current arrival-rate estimate."""
+        return self.target_rows(self.rate.rate)[0]
+
     def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Sequence[float] = ()) -> None:
         super().observe(dispatch, actual_s, latencies_s)
         self._since_plan += 1

@@ -134,6 +134,10 @@ class BatchPolicy(ABC):
     def next_action(self, now: float, queue: QueueState) -> Dispatch | Wait:
         """Called when the executor is free: dispatch now, or wait."""
 
+    def target(self) -> int:
+        """The batch size the policy aims at now (for the ``streaming_batch_target_rows`` gauge)."""
+        return self.max_rows
+
     def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Sequence[float] = ()) -> None:
         """Report a dispatched batch's run time and its rows' latencies (arrival to completion)."""
         dispatch.actual_s = actual_s
