@@ -189,7 +189,7 @@ def _open_loop(ex: _Executor, policy: BatchPolicy, arrivals: np.ndarray, X: np.n
         t1 = time.perf_counter()
         done = t1 - arr[head:head + rows]
         lat[head:head + rows] = done
-        policy.observe(action, t1 - t0, done.tolist())
+        policy.observe(action, t1 - t0, done)
         run.dispatches.append(action)
         head += rows
         late += int(np.count_nonzero(done > SLO_S))
@@ -346,7 +346,7 @@ def run_batching_bench(*, quick: bool, out_dir: Path, say: Callable[[str], None]
 
     ``provider``: ``cpu``, ``cuda`` (an error where the CUDA provider cannot load) or ``auto``.
     """
-    steps, hold_s, phase_s, reps = (4, 1.0, 2.5, 8) if quick else (7, 4.0, 5.0, 30)
+    steps, hold_s, phase_s, reps = (4, 1.0, 2.5, 8) if quick else (7, 4.0, 10.0, 30)
     return _bench(steps=steps, hold_s=hold_s, phase_s=phase_s, reps=reps, all_static_step=not quick,
                   out_dir=out_dir, say=say, quick=quick, provider=provider)
 

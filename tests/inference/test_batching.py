@@ -251,6 +251,51 @@ def test_adaptive_is_greedy_at_light_load_and_waits_for_efficient_batches_near_c
     assert isinstance(d, Dispatch) and (d.rows, d.reason) == (64, DispatchReason.FULL)
 
 
+def test_adaptive_near_the_rate_sends_a_whole_bucket_not_a_padded_one() -> None:
+    """A greedy batch that alone does not serve the rate leaves the rows that would only pad a bucket."""
+    flat = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded(cost=lambda b: 0.0003 + 0.000001 * b))
+    flat.rate.rate = 400_000.0  # 200 rows padded to 256 serve 360,000 rows/s, 192 whole rows 390,000 (256: 460,000)
+    d = flat.next_action(1.0, QueueState(200, 0.9996, 1_000))
+    assert isinstance(d, Dispatch) and (d.rows, d.bucket, d.reason) == (192, 192, DispatchReason.KEEPS_UP)
+    calm = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded(cost=lambda b: 0.0003 + 0.000001 * b))
+    calm.rate.rate = 20_000.0  # the padded batch serves the rate: no reason to hold rows back
+    d = calm.next_action(1.0, QueueState(10, 0.9995, 1_000))
+    assert isinstance(d, Dispatch) and d.rows == 10
+
+
+def test_adaptive_counts_the_per_dispatch_overhead_in_throughput() -> None:
+    policy = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
+    before = policy.rows_per_s(16)
+    t = 1.0
+    for _ in range(50):  # back to back: each dispatch comes 1 ms after the last batch completed
+        d = policy.next_action(t, QueueState(40, t - 0.002, 1_000))
+        assert isinstance(d, Dispatch)
+        policy.observe(d, linear_cost(d.bucket))
+        t = d.at_s + linear_cost(d.bucket) + 0.001
+    assert policy.overhead.seconds == pytest.approx(0.001, rel=1e-6)
+    assert policy.rows_per_s(16) == pytest.approx(16 / (linear_cost(16) + 0.001), rel=1e-3)
+    assert policy.rows_per_s(16) < before
+    idle_after = policy.overhead.samples
+    d = policy.next_action(t + 1.0, QueueState(1, t + 0.999, 1_001))  # the row came after the completion
+    assert isinstance(d, Dispatch) and policy.overhead.samples == idle_after
+
+
+def test_service_model_follows_the_machine_in_buckets_it_has_not_run_lately() -> None:
+    model = seeded(cost=linear_cost)
+    for _ in range(200):  # the machine gets 20 % slower; only bucket 64 runs
+        model.observe(64, 1.2 * linear_cost(64))
+    assert model.mean(64) == pytest.approx(1.2 * linear_cost(64), rel=0.01)
+    assert model.mean(32) == pytest.approx(1.2 * linear_cost(32), rel=0.02)  # not run since the slowdown
+    assert model.p99(32) >= model.mean(32)
+    steady = ServiceModel(BUCKETS, speed_alpha=0.0)
+    for _ in range(10):
+        for b in BUCKETS:
+            steady.observe(b, linear_cost(b))
+    for _ in range(200):
+        steady.observe(64, 1.2 * linear_cost(64))
+    assert steady.mean(32) == pytest.approx(linear_cost(32))  # without the index it keeps the old timing
+
+
 def test_service_models_are_per_provider() -> None:
     policy = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
     cpu_p99 = policy.service.p99(64)

@@ -38,15 +38,27 @@ and raise the very p99 it reacts to.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
-from streaming.inference.batching.base import BatchPolicy, Dispatch, DispatchReason, QueueState, Wait
-from streaming.inference.batching.buckets import bucket_for
+from streaming.inference.batching.base import BatchPolicy, Dispatch, DispatchReason, Latencies, QueueState, Wait
+from streaming.inference.batching.buckets import bucket_for, floor_bucket
 from streaming.inference.batching.feedback import AimdCorrection
+from streaming.inference.batching.overhead import DispatchOverhead
 from streaming.inference.batching.rate import ArrivalRate
 from streaming.inference.batching.service_model import ServiceModel
 
 __all__ = ["AdaptivePolicy"]
+
+
+class _Plan(NamedTuple):
+    fit: int  # the largest size that fits the SLO behind one batch like it
+    fit_rps: float
+    sizes: tuple[tuple[int, float], ...]  # (rows, rows/s) per size
+    best: int  # the size within fit with the most rows/s
+    best_rps: float
+    greedy_max: float  # below this arrival rate there is slack: batch greedily
 
 
 class AdaptivePolicy(BatchPolicy):
@@ -74,9 +86,10 @@ class AdaptivePolicy(BatchPolicy):
         The AIMD correction: window, multiplicative cut, additive step, lowest factor.
     provider, service
         The provider whose service model is used first, and that model (seed it with warm-up timings).
-    replan_every
+    replan_every, replan_s
         The sizes' predicted throughputs and the fitting size are recomputed after this many observed
-        batches (not at every decision: at high rates the policy is asked often between two batches).
+        batches, at most once per ``replan_s`` (not at every decision: at high rates the policy is
+        asked often between two batches, and thousands of batches a second run on a GPU).
 
     >>> from streaming.inference.batching.service_model import ServiceModel
     >>> model = ServiceModel((1, 2, 4, 8, 16, 32))
@@ -107,6 +120,7 @@ class AdaptivePolicy(BatchPolicy):
         provider: str = "cpu",
         service: ServiceModel | None = None,
         replan_every: int = 8,
+        replan_s: float = 0.02,
     ) -> None:
         if slo_s <= 0 or not 0 < utilisation <= 1 or not 0 <= greedy_share <= 1 or guard_s < 0:
             raise ValueError("slo_s > 0, 0 < utilisation <= 1, 0 <= greedy_share <= 1, guard_s >= 0")
@@ -122,8 +136,11 @@ class AdaptivePolicy(BatchPolicy):
         if self._sizes[-1] != max_rows:
             self._sizes = (*self._sizes, max_rows)
         self.replan_every = replan_every
-        self._plan: tuple[int, tuple[tuple[int, float], ...], int, float] | None = None
+        self.replan_s = replan_s
+        self._plan_at = -math.inf
+        self._plan: _Plan | None = None
         self._since_plan = 0
+        self.overhead = DispatchOverhead()
 
     @property
     def budget_s(self) -> float:
@@ -141,15 +158,16 @@ class AdaptivePolicy(BatchPolicy):
         return best
 
     def rows_per_s(self, rows: int) -> float:
-        """Predicted throughput of batches of ``rows`` (padded to their bucket)."""
-        return rows / self.service.mean(bucket_for(rows, self.buckets))
+        """Predicted throughput of back-to-back batches of ``rows`` (padded to their bucket): the run time
+        plus the loop's per-dispatch overhead."""
+        return rows / (self.service.mean(bucket_for(rows, self.buckets)) + self.overhead.seconds)
 
     def set_provider(self, provider: str) -> None:
         super().set_provider(provider)
         self._plan = None
 
-    def _planned(self) -> tuple[int, tuple[tuple[int, float], ...], int, float]:
-        """(fit, (rows, rows/s) per size, the best size within fit, its rows/s), from the service model."""
+    def _planned(self) -> _Plan:
+        """Fit, each size's rows/s and the best size within fit, from the service model (cached)."""
         if self._plan is None:
             fit = self.fit_rows(self.slo_s)
             rps = tuple((rows, self.rows_per_s(rows)) for rows in self._sizes)
@@ -157,7 +175,7 @@ class AdaptivePolicy(BatchPolicy):
             for rows, r in rps:
                 if rows <= fit and r > best_rps:
                     best, best_rps = rows, r
-            self._plan = (fit, rps, best, best_rps)
+            self._plan = _Plan(fit, self.rows_per_s(fit), rps, best, best_rps, self.utilisation * best_rps)
         return self._plan
 
     def target_rows(self, rate: float) -> tuple[int, float, DispatchReason]:
@@ -167,29 +185,48 @@ class AdaptivePolicy(BatchPolicy):
         otherwise the smallest larger size that does, or the size with the most rows per second
         (``overload``).
         """
-        fit, sizes, best, best_rps = self._planned()
+        plan = self._planned()
+        best, best_rps = plan.best, plan.best_rps
         if rate <= best_rps:
             return best, best_rps, DispatchReason.FULL
-        for rows, rps in sizes:
-            if rows > fit and rate <= rps:
+        for rows, rps in plan.sizes:
+            if rows > plan.fit and rate <= rps:
                 return rows, rps, DispatchReason.OVERLOAD
             if rps > best_rps:
                 best, best_rps = rows, rps
         return best, best_rps, DispatchReason.OVERLOAD
 
     def next_action(self, now: float, queue: QueueState) -> Dispatch | Wait:
+        action = self._decide(now, queue)
+        if isinstance(action, Wait):
+            self.overhead.decided()
+        else:
+            self.overhead.dispatched(now, queue.oldest_arrival_s)
+        return action
+
+    def _decide(self, now: float, queue: QueueState) -> Dispatch | Wait:
         lam = self.rate.update(now, queue.arrived_total)
         n = queue.rows
         if n == 0:
             return Wait()
         age = now - queue.oldest_arrival_s
-        if age > 0:  # the rate the queue itself shows: a stale estimate after a drop must not make rows wait
-            lam = min(lam, n / age)
-        target, target_rps, reason = self.target_rows(lam)
-        rows = min(n, self._planned()[0])
-        if reason is DispatchReason.FULL and lam <= self.utilisation * target_rps \
-                and self.rows_per_s(rows) >= self.greedy_share * lam:
-            return self._dispatch(now, queue, rows, DispatchReason.KEEPS_UP)
+        if age > 0 and n < lam * age:  # the rate the queue itself shows: a stale estimate must not make rows wait
+            lam = n / age
+        plan = self._plan or self._planned()
+        if lam <= plan.greedy_max:  # slack: greedy
+            if n >= plan.fit:  # (the common case at high rates, kept cheap)
+                if plan.fit_rps >= self.greedy_share * lam:
+                    return self._dispatch(now, queue, plan.fit, DispatchReason.KEEPS_UP)
+            else:
+                rows = n
+                rps = self.rows_per_s(rows)
+                if rps < lam:  # the batch alone does not serve the rate: no padding, the rest go with the next one
+                    whole = floor_bucket(rows, self.buckets)
+                    if whole < rows and (whole_rps := self.rows_per_s(whole)) > rps:
+                        rows, rps = whole, whole_rps
+                if rps >= self.greedy_share * lam:
+                    return self._dispatch(now, queue, rows, DispatchReason.KEEPS_UP)
+        target, _, reason = self.target_rows(lam)
         if n >= target:
             return self._dispatch(now, queue, target, reason)
         latest = queue.oldest_arrival_s + self.budget_s - self.service.p99(bucket_for(n + 1, self.buckets)) - self.guard_s
@@ -201,9 +238,10 @@ class AdaptivePolicy(BatchPolicy):
         """The size worth waiting for at the current arrival-rate estimate."""
         return self.target_rows(self.rate.rate)[0]
 
-    def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Sequence[float] = ()) -> None:
+    def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Latencies = ()) -> None:
         super().observe(dispatch, actual_s, latencies_s)
+        self.overhead.completed(dispatch.at_s + actual_s)
         self._since_plan += 1
-        if self._since_plan >= self.replan_every:
-            self._plan, self._since_plan = None, 0
+        if self._since_plan >= self.replan_every and dispatch.at_s - self._plan_at >= self.replan_s:
+            self._plan, self._since_plan, self._plan_at = None, 0, dispatch.at_s
         self.correction.update(dispatch.at_s + actual_s, latencies_s, frozen=dispatch.reason is DispatchReason.OVERLOAD)

@@ -26,10 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
+import numpy.typing as npt
+
 from streaming.inference.batching.buckets import bucket_for, check_buckets, default_buckets
 from streaming.inference.batching.service_model import ServiceModel
 
-__all__ = ["BatchPolicy", "Dispatch", "DispatchReason", "QueueState", "Wait"]
+__all__ = ["BatchPolicy", "Dispatch", "DispatchReason", "Latencies", "QueueState", "Wait"]
+
+Latencies = Sequence[float] | npt.NDArray[np.float64]
+"""Row latencies (seconds) reported with a batch: a list, or an array (no per-row conversion at high rates)."""
 
 
 class DispatchReason(StrEnum):
@@ -138,7 +144,7 @@ class BatchPolicy(ABC):
         """The batch size the policy aims at now (for the ``streaming_batch_target_rows`` gauge)."""
         return self.max_rows
 
-    def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Sequence[float] = ()) -> None:
+    def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Latencies = ()) -> None:
         """Report a dispatched batch's run time and its rows' latencies (arrival to completion)."""
         dispatch.actual_s = actual_s
         self.service.observe(dispatch.bucket, actual_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from streaming.inference.batching.service_model import quantile
 
@@ -25,7 +26,9 @@ class AimdCorrection:
     exactly when more than 1 % of the window's latencies are, so the window
     keeps two counts, not its latencies (at 600,000 rows/s a window holds
     300,000 of them, and sorting them stalled the dispatch loop for tens of
-    milliseconds). ``last_p99_s``, for reports, comes from a bounded sample.
+    milliseconds). A batch's latencies come in queue order, oldest first, so
+    when the first is within the target all are and nothing is counted.
+    ``last_p99_s``, for reports, comes from a bounded sample.
 
     >>> c = AimdCorrection(0.050, interval_s=0.5, min_samples=1)
     >>> c.update(0.5, [0.080])  # window not over yet
@@ -56,17 +59,19 @@ class AimdCorrection:
 
     _SAMPLE = 2048  # latencies kept per window for last_p99_s
 
-    def update(self, now: float, latencies_s: Iterable[float], *, frozen: bool = False) -> float:
+    def update(self, now: float, latencies_s: Iterable[float] | npt.NDArray[np.float64], *,
+               frozen: bool = False) -> float:
         """Add latencies observed at ``now``; close the window if it is over; return the factor."""
         if self._start is None:
             self._start = now
-        lat = np.asarray(latencies_s if isinstance(latencies_s, np.ndarray) else list(latencies_s), dtype=float)
-        if lat.size:
-            self._n += lat.size
-            self._over += int(np.count_nonzero(lat > self.target_s))
+        lat = latencies_s if isinstance(latencies_s, (np.ndarray, list, tuple)) else list(latencies_s)
+        if len(lat):
+            self._n += len(lat)
+            if lat[0] > self.target_s:  # FIFO: the first row is the oldest, the slowest; none over when it is not
+                self._over += int(np.count_nonzero(np.asarray(lat, dtype=float) > self.target_s))
             if len(self._sample) < self._SAMPLE:
-                step = max(1, lat.size * 8 // self._SAMPLE)  # large batches contribute a strided subset
-                self._sample.extend(lat[::step].tolist())
+                step = max(1, len(lat) * 8 // self._SAMPLE)  # large batches contribute a strided subset
+                self._sample.extend(lat[::step].tolist() if isinstance(lat, np.ndarray) else lat[::step])
         self._frozen |= frozen
         if now - self._start >= self.interval_s:
             if self._n >= self.min_samples:

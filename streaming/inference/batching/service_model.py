@@ -9,6 +9,15 @@ samples are predicted from a weighted least-squares line across the buckets
 that have data, ``fixed_s + per_row_s * bucket``, times the typical p99/mean
 ratio seen so far.
 
+A machine's speed drifts (a noisy neighbour, the clock, the cache), and a
+policy that settles on one bucket refreshes that bucket only: the others would
+keep the timings of a faster or slower moment and look better or worse than
+they are. So the model keeps a speed index, an EWMA of each batch's run time
+over its bucket's reference (its mean when it first had ``min_samples``
+samples), and scales a bucket's own estimate by how far the index moved since
+that bucket was last observed. A bucket in use is predicted from its own
+samples alone; one not run for a while follows the machine.
+
 Pure Python; one instance per provider (a GPU and a CPU session cost
 differently).
 
@@ -54,14 +63,17 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 class _Bucket:
-    __slots__ = ("mad", "mean", "n", "q99", "samples")
+    __slots__ = ("index_at", "mad", "mean", "n", "q99", "q99_new", "ref", "samples")
 
     def __init__(self, window: int) -> None:
+        self.ref = 0.0  # the mean when the bucket first had min_samples samples (0 until then)
+        self.index_at = 1.0  # the speed index when the bucket was last observed
         self.n = 0
         self.mean = 0.0
         self.mad = 0.0
         self.samples: deque[float] = deque(maxlen=window)
-        self.q99: float | None = None  # cached window quantile; None = stale
+        self.q99: float | None = None  # cached window quantile; None = never computed
+        self.q99_new = 0  # samples since it was
 
 
 class ServiceModel:
@@ -83,6 +95,8 @@ class ServiceModel:
         The line before anything is observed.
     default_spread
         p99/mean - 1 assumed before any bucket has ``min_samples`` samples.
+    speed_alpha
+        EWMA weight of one batch in the speed index; 0 keeps the index at 1 (no drift correction).
     """
 
     def __init__(
@@ -96,15 +110,18 @@ class ServiceModel:
         prior_fixed_s: float = 1e-3,
         prior_per_row_s: float = 1e-4,
         default_spread: float = 0.5,
+        speed_alpha: float = 0.05,
     ) -> None:
-        if window < 1 or min_samples < 1 or not 0 < alpha <= 1 or k_mad < 0:
-            raise ValueError("window and min_samples must be >= 1, 0 < alpha <= 1, k_mad >= 0")
+        if window < 1 or min_samples < 1 or not 0 < alpha <= 1 or k_mad < 0 or not 0 <= speed_alpha <= 1:
+            raise ValueError("window and min_samples must be >= 1, 0 < alpha <= 1, k_mad >= 0, 0 <= speed_alpha <= 1")
         self.buckets = check_buckets(buckets)
         self.window = window
         self.min_samples = min_samples
         self.alpha = alpha
         self.k_mad = k_mad
         self.default_spread = default_spread
+        self.speed_alpha = speed_alpha
+        self.speed = 1.0  # the speed index: recent run time over the reference (1.1 = 10 % slower)
         self._stats = {b: _Bucket(window) for b in self.buckets}
         self._fixed = prior_fixed_s
         self._per_row = prior_per_row_s
@@ -123,7 +140,12 @@ class ServiceModel:
         s.mean += a * (seconds - s.mean)
         s.mad += a * (dev - s.mad)
         s.samples.append(seconds)
-        s.q99 = None
+        s.q99_new += 1
+        if s.ref > 0:
+            self.speed += self.speed_alpha * (seconds / s.ref - self.speed)
+        elif s.n >= self.min_samples:
+            s.ref = s.mean
+        s.index_at = self.speed
         self._dirty = True
 
     def samples(self, bucket: int) -> int:
@@ -164,22 +186,22 @@ class ServiceModel:
 
     # -- predictions ---------------------------------------------------------
     def _own_p99(self, s: _Bucket) -> float:
-        if s.q99 is None:
-            s.q99 = quantile(list(s.samples), 0.99)
+        if s.q99 is None or s.q99_new > len(s.samples) >> 4:  # re-sorted after 1/16 of the window is new
+            s.q99, s.q99_new = quantile(s.samples, 0.99), 0
         return max(s.q99, s.mean + self.k_mad * s.mad)
 
     def mean(self, bucket: int) -> float:
         """Predicted mean run time of one batch of this bucket."""
         s = self._stats[bucket]
         if s.n > 0:
-            return s.mean
+            return s.mean * self.speed / s.index_at
         return self.fixed_s + self.per_row_s * bucket
 
     def p99(self, bucket: int) -> float:
         """Predicted 99th percentile run time of one batch of this bucket (never below its mean)."""
         s = self._stats[bucket]
         if s.n >= self.min_samples:
-            return self._own_p99(s)
+            return self._own_p99(s) * self.speed / s.index_at
         mean = self.mean(bucket)
         if self._dirty:
             self._refit()
