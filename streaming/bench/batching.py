@@ -340,15 +340,19 @@ def _static_factory(rows: int, wait: float, samples: dict[int, list[float]]) -> 
 
 
 # -- the benchmark -----------------------------------------------------------------
-def run_batching_bench(*, quick: bool, out_dir: Path, say: Callable[[str], None],
-                       provider: str = "cpu") -> dict[str, Any]:
+def run_batching_bench(*, quick: bool, out_dir: Path, say: Callable[[str], None], provider: str = "cpu",
+                       probes: int | None = None, probe_s: float | None = None,
+                       phase_s: float | None = None) -> dict[str, Any]:
     """Run the benchmark; return the JSON-able result; PNG plots go to ``out_dir``.
 
     ``provider``: ``cpu``, ``cuda`` (an error where the CUDA provider cannot load) or ``auto``.
+    ``probes``, ``probe_s``, ``phase_s`` override the bisection steps, each probe's length and each
+    load-step phase's length (quick: 4, 1 s, 2.5 s; full: 7, 4 s, 10 s), for a run that must fit a
+    time budget (a lent GPU). The full run steps every static setting, quick only the best.
     """
-    steps, hold_s, phase_s, reps = (4, 1.0, 2.5, 8) if quick else (7, 4.0, 10.0, 30)
-    return _bench(steps=steps, hold_s=hold_s, phase_s=phase_s, reps=reps, all_static_step=not quick,
-                  out_dir=out_dir, say=say, quick=quick, provider=provider)
+    steps, hold, phase, reps = (4, 1.0, 2.5, 8) if quick else (7, 4.0, 10.0, 30)
+    return _bench(steps=probes or steps, hold_s=probe_s or hold, phase_s=phase_s or phase, reps=reps,
+                  all_static_step=not quick, out_dir=out_dir, say=say, quick=quick, provider=provider)
 
 
 def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_step: bool, out_dir: Path,

@@ -263,6 +263,19 @@ def test_adaptive_near_the_rate_sends_a_whole_bucket_not_a_padded_one() -> None:
     assert isinstance(d, Dispatch) and d.rows == 10
 
 
+def test_adaptive_takes_a_few_per_cent_over_capacity_as_noise_until_the_queue_shows_it() -> None:
+    def policy_at(rate: float) -> AdaptivePolicy:
+        p = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())  # fit 64 rows: 3,555 rows/s
+        p.rate.rate = rate
+        return p
+
+    d = policy_at(3_650).next_action(1.0, QueueState(64, 0.99, 1_000))  # 2.7 % over, one batch queued
+    assert isinstance(d, Dispatch) and (d.rows, d.reason) == (64, DispatchReason.FULL)
+    d = policy_at(3_650).next_action(1.0, QueueState(130, 0.98, 1_000))  # two batches queued: it is real
+    assert isinstance(d, Dispatch) and (d.rows, d.reason) == (96, DispatchReason.OVERLOAD)
+    assert isinstance(policy_at(4_500).next_action(1.0, QueueState(64, 0.99, 1_000)), Wait)  # 27 % over: 128
+
+
 def test_adaptive_counts_the_per_dispatch_overhead_in_throughput() -> None:
     policy = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
     before = policy.rows_per_s(16)

@@ -227,6 +227,10 @@ class AdaptivePolicy(BatchPolicy):
                 if rps >= self.greedy_share * lam:
                     return self._dispatch(now, queue, rows, DispatchReason.KEEPS_UP)
         target, _, reason = self.target_rows(lam)
+        if reason is DispatchReason.OVERLOAD and lam <= 1.1 * plan.best_rps and n < 2 * plan.fit:
+            # the estimate says overload by a few per cent, the queue does not (yet): an estimate that
+            # noisy must not switch to batches too large for the SLO
+            target, reason = plan.best, DispatchReason.FULL
         if n >= target:
             return self._dispatch(now, queue, target, reason)
         latest = queue.oldest_arrival_s + self.budget_s - self.service.p99(bucket_for(n + 1, self.buckets)) - self.guard_s
