@@ -16,14 +16,16 @@ estimate after a drop cannot make rows wait):
    policy serves for throughput, the bounded queue fills and the consumer
    pauses. Nothing is dropped.
 3. ``keeps_up``: while there is slack (``lam <= utilisation * rps(best)``),
-   send the queue now, up to ``fit`` rows, provided that batch alone serves at
-   least ``greedy_share`` of ``lam``. This is greedy batching: the rows that
-   queue while the executor runs make the next batch, and waiting would add
-   latency, not needed throughput; only a batch far too small for the rate
-   (one row when the executor frees at a high rate) waits for more. Near
-   capacity (no slack) wait for the target instead: a half-empty or
-   inefficient bucket would waste throughput the rate now needs. With ``n`` at
-   the target, send it.
+   send the queue now, up to ``fit`` rows, provided that batch alone serves
+   ``lam / utilisation`` (the rate with the same headroom); if padding it to
+   its bucket is what fails that, the whole bucket below may pass and go
+   alone. This is greedy batching: the rows that queue while the executor
+   runs make the next batch, and waiting would add latency, not needed
+   throughput; a batch too small for the rate (one row when the executor
+   frees at a high rate, 238 rows padded to 256 at 95 % of what 256 serve)
+   waits for more. Near capacity (no slack) wait for the target instead: a
+   half-empty or inefficient bucket would waste throughput the rate now needs.
+   With ``n`` at the target, send it.
 4. Below the target, the deadline: once ``a`` plus
    the predicted p99 of the batch with one more row, plus ``guard_s``, reaches
    the budget ``slo_s * correction``, send the ``n`` rows (``deadline``);
@@ -73,11 +75,9 @@ class AdaptivePolicy(BatchPolicy):
     buckets
         The batch-size buckets the session is warmed for (default: powers of two and half-steps).
     utilisation
-        Below this fraction of the most efficient batch's throughput the policy batches greedily;
-        above it, it waits for full, efficient batches (or the deadline).
-    greedy_share
-        A greedy batch must alone serve at least this share of the arrival rate; a smaller one
-        (one row when the executor frees at a high rate) waits for more rows.
+        Below this fraction of the most efficient batch's throughput the policy batches greedily,
+        with batches that alone serve the arrival rate over this fraction; above it, it waits for
+        full, efficient batches (or the deadline).
     guard_s
         Slack for the caller's wake-up delay and the hand-off to the executor.
     rate_tau_s
@@ -110,7 +110,6 @@ class AdaptivePolicy(BatchPolicy):
         buckets: Sequence[int] | None = None,
         *,
         utilisation: float = 0.9,
-        greedy_share: float = 0.5,
         guard_s: float = 0.001,
         rate_tau_s: float = 0.25,
         feedback_interval_s: float = 0.5,
@@ -122,12 +121,11 @@ class AdaptivePolicy(BatchPolicy):
         replan_every: int = 8,
         replan_s: float = 0.02,
     ) -> None:
-        if slo_s <= 0 or not 0 < utilisation <= 1 or not 0 <= greedy_share <= 1 or guard_s < 0:
-            raise ValueError("slo_s > 0, 0 < utilisation <= 1, 0 <= greedy_share <= 1, guard_s >= 0")
+        if slo_s <= 0 or not 0 < utilisation <= 1 or guard_s < 0:
+            raise ValueError("slo_s > 0, 0 < utilisation <= 1, guard_s >= 0")
         super().__init__(max_rows, buckets, provider=provider, service=service)
         self.slo_s = slo_s
         self.utilisation = utilisation
-        self.greedy_share = greedy_share
         self.guard_s = guard_s
         self.rate = ArrivalRate(rate_tau_s)
         self.correction = AimdCorrection(slo_s, interval_s=feedback_interval_s, decrease=feedback_decrease,
@@ -213,18 +211,19 @@ class AdaptivePolicy(BatchPolicy):
         if age > 0 and n < lam * age:  # the rate the queue itself shows: a stale estimate must not make rows wait
             lam = n / age
         plan = self._plan or self._planned()
-        if lam <= plan.greedy_max:  # slack: greedy
+        if lam <= plan.greedy_max:  # slack: greedy, with a batch that alone serves the rate with headroom
+            need = lam / self.utilisation
             if n >= plan.fit:  # (the common case at high rates, kept cheap)
-                if plan.fit_rps >= self.greedy_share * lam:
+                if plan.fit_rps >= need:
                     return self._dispatch(now, queue, plan.fit, DispatchReason.KEEPS_UP)
             else:
                 rows = n
                 rps = self.rows_per_s(rows)
-                if rps < lam:  # the batch alone does not serve the rate: no padding, the rest go with the next one
+                if rps < need:  # padded to its bucket the batch would not do: the whole bucket below may
                     whole = floor_bucket(rows, self.buckets)
-                    if whole < rows and (whole_rps := self.rows_per_s(whole)) > rps:
+                    if whole < rows and (whole_rps := self.rows_per_s(whole)) >= need:
                         rows, rps = whole, whole_rps
-                if rps >= self.greedy_share * lam:
+                if rps >= need:
                     return self._dispatch(now, queue, rows, DispatchReason.KEEPS_UP)
         target, _, reason = self.target_rows(lam)
         if reason is DispatchReason.OVERLOAD and lam <= 1.1 * plan.best_rps and n < 2 * plan.fit:
