@@ -254,14 +254,13 @@ def test_adaptive_is_greedy_at_light_load_and_waits_for_efficient_batches_near_c
 def test_adaptive_near_the_rate_sends_a_whole_bucket_not_a_padded_one() -> None:
     """A greedy batch that alone does not serve the rate leaves the rows that would only pad a bucket."""
     flat = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded(cost=lambda b: 0.0003 + 0.000001 * b))
-    # 200 rows padded to 256 serve 360,000 rows/s, 192 whole rows 390,000; with 10 % headroom the rate needs 378,000
-    flat.rate.rate = 340_000.0
+    flat.rate.rate = 370_000.0  # 200 rows padded to 256 serve 360,000 rows/s, 192 whole rows 390,000
     d = flat.next_action(1.0, QueueState(200, 0.9996, 1_000))
     assert isinstance(d, Dispatch) and (d.rows, d.bucket, d.reason) == (192, 192, DispatchReason.KEEPS_UP)
     busy = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded(cost=lambda b: 0.0003 + 0.000001 * b))
-    busy.rate.rate = 391_000.0  # 85 % of what 256 serve: neither 238 padded (428,000) nor 192 has the headroom
-    assert isinstance(busy.next_action(1.0, QueueState(238, 0.9995, 1_000)), Wait)
-    d = busy.next_action(1.0001, QueueState(256, 0.9995, 1_018))
+    busy.rate.rate = 400_000.0  # 87 % of what 256 serve: neither 200 padded (360,000) nor 192 (390,000) serve it
+    assert isinstance(busy.next_action(1.0, QueueState(200, 0.9995, 1_000)), Wait)
+    d = busy.next_action(1.0001, QueueState(256, 0.9995, 1_056))
     assert isinstance(d, Dispatch) and (d.rows, d.bucket) == (256, 256)
     calm = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded(cost=lambda b: 0.0003 + 0.000001 * b))
     calm.rate.rate = 20_000.0  # the padded batch serves the rate: no reason to hold rows back

@@ -17,13 +17,13 @@ estimate after a drop cannot make rows wait):
    pauses. Nothing is dropped.
 3. ``keeps_up``: while there is slack (``lam <= utilisation * rps(best)``),
    send the queue now, up to ``fit`` rows, provided that batch alone serves
-   ``lam / utilisation`` (the rate with the same headroom); if padding it to
-   its bucket is what fails that, the whole bucket below may pass and go
-   alone. This is greedy batching: the rows that queue while the executor
-   runs make the next batch, and waiting would add latency, not needed
-   throughput; a batch too small for the rate (one row when the executor
-   frees at a high rate, 238 rows padded to 256 at 95 % of what 256 serve)
-   waits for more. Near capacity (no slack) wait for the target instead: a
+   ``greedy_share * lam`` (default: the rate itself); if padding it to its
+   bucket is what fails that, the whole bucket below may pass and go alone.
+   This is greedy batching: the rows that queue while the executor runs make
+   the next batch, and waiting would add latency, not needed throughput; a
+   batch too small for the rate (one row when the executor frees at a high
+   rate, 200 rows padded to 256 on a flat curve near capacity) waits for
+   more. Near capacity (no slack) wait for the target instead: a
    half-empty or inefficient bucket would waste throughput the rate now needs.
    With ``n`` at the target, send it.
 4. Below the target, the deadline: once ``a`` plus
@@ -75,9 +75,11 @@ class AdaptivePolicy(BatchPolicy):
     buckets
         The batch-size buckets the session is warmed for (default: powers of two and half-steps).
     utilisation
-        Below this fraction of the most efficient batch's throughput the policy batches greedily,
-        with batches that alone serve the arrival rate over this fraction; above it, it waits for
-        full, efficient batches (or the deadline).
+        Below this fraction of the most efficient batch's throughput the policy batches greedily;
+        above it, it waits for full, efficient batches (or the deadline).
+    greedy_share
+        A greedy batch must alone serve this multiple of the arrival rate (0.5 until the third
+        session; 1/utilisation was tried: both measured worse, see docs/batching.md).
     guard_s
         Slack for the caller's wake-up delay and the hand-off to the executor.
     rate_tau_s
@@ -110,6 +112,7 @@ class AdaptivePolicy(BatchPolicy):
         buckets: Sequence[int] | None = None,
         *,
         utilisation: float = 0.9,
+        greedy_share: float = 1.0,
         guard_s: float = 0.001,
         rate_tau_s: float = 0.25,
         feedback_interval_s: float = 0.5,
@@ -121,11 +124,12 @@ class AdaptivePolicy(BatchPolicy):
         replan_every: int = 8,
         replan_s: float = 0.02,
     ) -> None:
-        if slo_s <= 0 or not 0 < utilisation <= 1 or guard_s < 0:
-            raise ValueError("slo_s > 0, 0 < utilisation <= 1, guard_s >= 0")
+        if slo_s <= 0 or not 0 < utilisation <= 1 or greedy_share <= 0 or guard_s < 0:
+            raise ValueError("slo_s > 0, 0 < utilisation <= 1, greedy_share > 0, guard_s >= 0")
         super().__init__(max_rows, buckets, provider=provider, service=service)
         self.slo_s = slo_s
         self.utilisation = utilisation
+        self.greedy_share = greedy_share
         self.guard_s = guard_s
         self.rate = ArrivalRate(rate_tau_s)
         self.correction = AimdCorrection(slo_s, interval_s=feedback_interval_s, decrease=feedback_decrease,
@@ -212,7 +216,7 @@ class AdaptivePolicy(BatchPolicy):
             lam = n / age
         plan = self._plan or self._planned()
         if lam <= plan.greedy_max:  # slack: greedy, with a batch that alone serves the rate with headroom
-            need = lam / self.utilisation
+            need = lam * self.greedy_share
             if n >= plan.fit:  # (the common case at high rates, kept cheap)
                 if plan.fit_rps >= need:
                     return self._dispatch(now, queue, plan.fit, DispatchReason.KEEPS_UP)
