@@ -23,8 +23,8 @@ from streaming.settings import Settings
 from streaming.worker import transport
 from streaming.worker.batcher import Batcher, policy_for, seed
 from streaming.worker.learn import LabelProcessor
-from streaming.worker.publisher import Publisher
-from streaming.worker.records import InRecord, OutRecord
+from streaming.worker.publisher import BatchSender, Publisher
+from streaming.worker.records import InRecord
 from streaming.worker.runtime import Runtime
 from streaming.worker.score import Row, ScoreProcessor
 
@@ -59,15 +59,6 @@ async def _drain(batcher: Batcher[Row], publisher: Publisher, scorer: ScoreProce
     await batcher.drained()
     await publisher.flush()
     await scorer.flush_logs()
-
-
-async def _send_all(app: faust.App, records: Sequence[OutRecord]) -> None:
-    """Send a batch's records together, then wait for every acknowledgement."""
-    if not records:
-        return
-    producer = app.producer
-    futures = [await producer.send(r.topic, r.key, r.value, None, None, r.headers) for r in records]
-    await asyncio.gather(*futures)
 
 
 def app_keywords(s: Settings, bootstrap: str) -> dict[str, Any]:
@@ -142,9 +133,11 @@ def create_app(rt: Runtime) -> StreamingApp:
 
     @app.agent(labels_topic, name="learn")
     async def learn(stream: Any) -> None:
+        sender = BatchSender(app)  # the score agent's send path: one record batch per partition
         async for events in stream.take_events(1000, within=0.05):
             batch = await learner.process(_records(events))
-            await _send_all(app, batch.out)
+            # every acknowledgement before the next take: Faust acks these events (commits) after that
+            await asyncio.gather(*await sender.send(batch.out))
 
     @app.timer(interval=1.0)
     async def watch_models() -> None:
