@@ -95,6 +95,11 @@ class Settings:
         6.0, "Consumer group session timeout; the group join on Tansu takes half of it.", minimum=1
     )
     commit_interval_s: float = _setting(1.0, "How often acknowledged offsets are committed.", minimum=0.05)
+    stop_timeout_s: float = _setting(
+        30.0, "After SIGTERM/SIGINT, how long the worker may take to stop cleanly (score what is queued, commit) "
+        "before it exits anyway; unacknowledged events are then redelivered. A broker that is gone never answers.",
+        minimum=1,
+    )
     batch_max_rows: int = _setting(
         512, "Consumer micro-batch (decode + one feature-store round trip): most events per batch.", minimum=1
     )

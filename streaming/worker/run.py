@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
 
 import uvloop
 
@@ -13,9 +16,26 @@ from streaming.worker.runtime import Runtime
 
 __all__ = ["run_worker"]
 
+log = logging.getLogger(__name__)
+
+
+def _exit_unless_stopped(timeout_s: float) -> None:
+    """A daemon timer: end the process if a clean stop has not ended it within ``timeout_s``."""
+
+    def expire() -> None:
+        log.error("the worker did not stop within %.0fs of the signal (broker unreachable?); exiting without "
+                  "a final commit: events not yet acknowledged will be redelivered", timeout_s)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+
 
 def run_worker(settings: Settings) -> None:
-    """Blocks until the worker stops (SIGINT/SIGTERM stop it cleanly, committing acked offsets)."""
+    """Blocks until the worker stops (SIGINT/SIGTERM stop it cleanly, committing acked offsets; after
+    ``settings.stop_timeout_s`` without a clean stop, it exits with status 1)."""
     import faust
 
     from streaming.app import create_app
@@ -26,7 +46,13 @@ def run_worker(settings: Settings) -> None:
     rt = Runtime.build(settings)
     app = create_app(rt)
     serve_metrics(rt.metrics.registry, settings.metrics_host, settings.metrics_port)
-    worker = faust.Worker(app, loglevel=settings.log_level, loop=loop, quiet=True, redirect_stdouts=False)
+    class Worker(faust.Worker):  # type: ignore[misc]
+        def _schedule_shutdown(self, signal: signal.Signals) -> None:
+            if not self._signal_stop_time:  # the first signal: a clean stop, bounded in time
+                _exit_unless_stopped(settings.stop_timeout_s)
+            super()._schedule_shutdown(signal)
+
+    worker = Worker(app, loglevel=settings.log_level, loop=loop, quiet=True, redirect_stdouts=False)
     # Faust leaves the root logger at DEBUG for -l warn; per-message debug records cost CPU (facts.md)
     level = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING}.get(settings.log_level)
     if level is not None:
