@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import uvloop
 
@@ -14,7 +16,7 @@ from streaming.observability.server import serve_metrics
 from streaming.settings import Settings
 from streaming.worker.runtime import Runtime
 
-__all__ = ["run_worker"]
+__all__ = ["run_faust_app", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +35,17 @@ def _exit_unless_stopped(timeout_s: float) -> None:
     timer.start()
 
 
-def run_worker(settings: Settings) -> None:
-    """Blocks until the worker stops (SIGINT/SIGTERM stop it cleanly, committing acked offsets; after
-    ``settings.stop_timeout_s`` without a clean stop, it exits with status 1)."""
+def run_faust_app(settings: Settings, build: Callable[[], Any]) -> None:
+    """Run the Faust app ``build`` returns as ``streaming worker`` runs ours (the benchmark's Faust
+    peers run this way too): uvloop, quiet, the settings' log level, a clean stop on SIGINT/SIGTERM
+    bounded by ``settings.stop_timeout_s`` (past it the process exits with status 1)."""
     import faust
-
-    from streaming.app import create_app
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    rt = Runtime.build(settings)
-    app = create_app(rt)
-    serve_metrics(rt.metrics.registry, settings.metrics_host, settings.metrics_port)
+    app = build()
+
     class Worker(faust.Worker):  # type: ignore[misc]
         def _schedule_shutdown(self, signal: signal.Signals) -> None:
             if not self._signal_stop_time:  # the first signal: a clean stop, bounded in time
@@ -58,3 +58,18 @@ def run_worker(settings: Settings) -> None:
     if level is not None:
         logging.getLogger().setLevel(level)
     worker.execute_from_commandline()
+
+
+def run_worker(settings: Settings) -> None:
+    """Blocks until the worker stops (SIGINT/SIGTERM stop it cleanly, committing acked offsets; after
+    ``settings.stop_timeout_s`` without a clean stop, it exits with status 1)."""
+
+    def build() -> Any:
+        from streaming.app import create_app
+
+        rt = Runtime.build(settings)
+        app = create_app(rt)
+        serve_metrics(rt.metrics.registry, settings.metrics_host, settings.metrics_port)
+        return app
+
+    run_faust_app(settings, build)

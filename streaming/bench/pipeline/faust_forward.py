@@ -14,43 +14,16 @@ Configured by the ``STREAMING_*`` variables: ``STREAMING_TOPIC_EVENTS`` in,
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import uvloop
-
 from streaming.settings import Settings
 
-__all__ = ["app_keywords", "build_app", "run_faust", "main"]
-
-
-def app_keywords(s: Settings, bootstrap: str) -> dict[str, Any]:
-    """The ``faust.App`` keywords of our worker (:func:`streaming.app.app_keywords`)."""
-    from streaming.app import app_keywords as worker_keywords
-
-    return worker_keywords(s, bootstrap)
-
-
-def run_faust(s: Settings, build: Callable[[Settings, str], Any]) -> None:
-    """Build the app and run it as ``streaming worker`` runs ours: uvloop, quiet, the settings' log level."""
-    import faust
-
-    from streaming.infra.stack import resolve_endpoints
-
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    app = build(s, resolve_endpoints(s)[0])
-    worker = faust.Worker(app, loglevel=s.log_level, loop=loop, quiet=True, redirect_stdouts=False)
-    level = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING}.get(s.log_level)
-    if level is not None:
-        logging.getLogger().setLevel(level)
-    worker.execute_from_commandline()
+__all__ = ["build_app", "main"]
 
 
 def build_app(s: Settings, bootstrap: str) -> Any:
-    from streaming.app import StreamingApp
+    from streaming.app import StreamingApp, app_keywords
 
     app = StreamingApp(s.app_id, **app_keywords(s, bootstrap))
     app.fetch_max_wait_ms = s.consumer_fetch_max_wait_ms
@@ -69,7 +42,15 @@ def build_app(s: Settings, bootstrap: str) -> Any:
 
 
 def main() -> None:
-    run_faust(Settings.from_env(), build_app)
+    run_faust_app(Settings.from_env(), build_app)
+
+
+def run_faust_app(s: Settings, build: Callable[[Settings, str], Any]) -> None:
+    """Run ``build(settings, bootstrap)`` as ``streaming worker`` runs ours (:func:`streaming.worker.run.run_faust_app`)."""
+    from streaming.infra.stack import resolve_endpoints
+    from streaming.worker.run import run_faust_app as run
+
+    run(s, lambda: build(s, resolve_endpoints(s)[0]))
 
 
 if __name__ == "__main__":

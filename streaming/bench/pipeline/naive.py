@@ -61,8 +61,7 @@ async def naive_window_values(client: aioredis.Redis, pipeline: Pipeline, ev: di
 
 
 def build_app(s: Settings, bootstrap: str) -> Any:
-    from streaming.app import StreamingApp
-    from streaming.bench.pipeline.faust_forward import app_keywords
+    from streaming.app import StreamingApp, app_keywords
     from streaming.events.producer import entity_key
     from streaming.features.vector import VectorBuilder
     from streaming.inference.registry import ModelRegistry
@@ -110,9 +109,9 @@ def build_app(s: Settings, bootstrap: str) -> Any:
 
 
 def main() -> None:
-    from streaming.bench.pipeline.faust_forward import run_faust
+    from streaming.bench.pipeline.faust_forward import run_faust_app
 
-    run_faust(Settings.from_env(), build_app)
+    run_faust_app(Settings.from_env(), build_app)
 
 
 if __name__ == "__main__":

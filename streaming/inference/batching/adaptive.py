@@ -215,7 +215,7 @@ class AdaptivePolicy(BatchPolicy):
         if age > 0 and n < lam * age:  # the rate the queue itself shows: a stale estimate must not make rows wait
             lam = n / age
         plan = self._plan or self._planned()
-        if lam <= plan.greedy_max:  # slack: greedy, with a batch that alone serves the rate with headroom
+        if lam <= plan.greedy_max:  # slack: greedy, with a batch that alone serves greedy_share x the rate
             need = lam * self.greedy_share
             if n >= plan.fit:  # (the common case at high rates, kept cheap)
                 if plan.fit_rps >= need:
