@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -32,6 +33,15 @@ def api(port: int, path: str, **params: str) -> Any:
         body = json.loads(resp.read())
     assert body["status"] == "success"
     return body["data"]
+
+
+def ready(port: int) -> bool:
+    """Prometheus answers 503 on its API until its TSDB is open; /-/ready says when it is."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def wait(predicate: Any, timeout: float, step: float = 0.5) -> Any:
@@ -66,6 +76,7 @@ def test_series_exist_and_redis_down_fires_the_alert(servers: Servers, models_di
                   f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path / "prometheus.log", tie_to_parent=True)
     try:
         assert wait_for_port("127.0.0.1", prom_port, 30, prom), (tmp_path / "prometheus.log").read_text()[-2000:]
+        assert wait(lambda: ready(prom_port), 30), (tmp_path / "prometheus.log").read_text()[-2000:]
         codec = Codec(schema_registry)
         prod = EventProducer(servers.bootstrap, codec, "transaction", env["STREAMING_TOPIC_EVENTS"],
                              key_fields=["card_id"], linger_ms=5)
