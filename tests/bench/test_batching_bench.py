@@ -15,7 +15,7 @@ from streaming.bench.batching import _bench
 def test_tiny_run_reports_the_keys_and_batching_beats_none(tmp_path: Path) -> None:
     lines: list[str] = []
     result = _bench(steps=3, hold_s=0.4, phase_s=0.5, reps=3, all_static_step=True, out_dir=tmp_path,
-                    say=lines.append, quick=True, grid=((16, 0.001),), confirm_moves=1)
+                    say=lines.append, quick=True, grid=((16, 0.001),), confirm_moves=1, h2h_repeats=3)
     orjson.dumps(result)  # JSON-able as the CLI prints it (plain Python types, str keys)
     for key in ("slo_ms", "max_rate_at_slo", "best_static", "adaptive_over_best_static", "adaptive_over_none",
                 "step_violation_seconds", "service_curve", "targets"):
@@ -34,6 +34,14 @@ def test_tiny_run_reports_the_keys_and_batching_beats_none(tmp_path: Path) -> No
     confirmed = result["confirm_points"]
     for name, rate in rates.items():  # the capacity is the highest rate its confirmation passed
         assert rate == max((r for r, _, ok in confirmed[name] if ok), default=0.0)
+    # adaptive against the best static, measured again on other sequences: the ratio the target reads
+    h2h = result["head_to_head"]
+    assert h2h["policies"] == ["adaptive", "static-16-1ms"]
+    for name, rate in h2h["max_rate_at_slo"].items():
+        assert rate == max((r for r, _, ok in h2h["points"][name] if ok), default=0.0)
+    a, s = h2h["max_rate_at_slo"]["adaptive"], h2h["max_rate_at_slo"]["static-16-1ms"]
+    assert result["adaptive_over_best_static"] == (round(a / s, 3) if s else None)
+    assert result["targets"]["adaptive_max_rate>=best_static"] == (a >= s)
 
 
 def _fake_open_loop(units: list[np.ndarray], seen: list[int]):

@@ -269,8 +269,8 @@ def test_adaptive_near_the_rate_sends_a_whole_bucket_not_a_padded_one() -> None:
 
 
 def test_adaptive_takes_a_few_per_cent_over_capacity_as_noise_until_the_queue_shows_it() -> None:
-    def policy_at(rate: float) -> AdaptivePolicy:
-        p = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())  # fit 64 rows: 3,555 rows/s
+    def policy_at(rate: float, **guard: float) -> AdaptivePolicy:
+        p = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded(), **guard)  # fit 64 rows: 3,555 rows/s
         p.rate.rate = rate
         return p
 
@@ -279,6 +279,15 @@ def test_adaptive_takes_a_few_per_cent_over_capacity_as_noise_until_the_queue_sh
     d = policy_at(3_650).next_action(1.0, QueueState(130, 0.98, 1_000))  # two batches queued: it is real
     assert isinstance(d, Dispatch) and (d.rows, d.reason) == (96, DispatchReason.OVERLOAD)
     assert isinstance(policy_at(4_500).next_action(1.0, QueueState(64, 0.99, 1_000)), Wait)  # 27 % over: 128
+    # the guard's two constants: no margin, or a queue of one batch, and the same estimates are overload
+    d = policy_at(3_650, overload_margin=0.0).next_action(1.0, QueueState(64, 0.99, 1_000))
+    assert isinstance(d, Wait)  # waits for the 96 rows that serve 3,650/s
+    d = policy_at(3_650, overload_queue_batches=1.0).next_action(1.0, QueueState(96, 0.98, 1_000))
+    assert isinstance(d, Dispatch) and (d.rows, d.reason) == (96, DispatchReason.OVERLOAD)
+    d = policy_at(3_650).next_action(1.0, QueueState(96, 0.98, 1_000))  # the default: still noise at 96 queued
+    assert isinstance(d, Dispatch) and (d.rows, d.reason) == (64, DispatchReason.FULL)
+    with pytest.raises(ValueError, match="overload_margin"):
+        AdaptivePolicy(SLO, 256, BUCKETS, overload_margin=-0.1)
 
 
 def test_adaptive_counts_the_per_dispatch_overhead_in_throughput() -> None:

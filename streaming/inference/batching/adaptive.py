@@ -84,6 +84,11 @@ class AdaptivePolicy(BatchPolicy):
         Slack for the caller's wake-up delay and the hand-off to the executor.
     rate_tau_s
         Smoothing time of the arrival-rate estimate.
+    overload_margin, overload_queue_batches
+        The noise guard: a rate estimate up to ``1 + overload_margin`` times what the best size within
+        ``fit`` serves counts as that size's (``full``), not ``overload``, until the queue holds
+        ``overload_queue_batches`` batches of ``fit`` rows (the estimate moves by a few per cent over
+        its window; a false ``overload`` switches to batches too large for the SLO).
     feedback_interval_s, feedback_decrease, feedback_increase, feedback_floor
         The AIMD correction: window, multiplicative cut, additive step, lowest factor.
     provider, service
@@ -115,6 +120,8 @@ class AdaptivePolicy(BatchPolicy):
         greedy_share: float = 1.0,
         guard_s: float = 0.001,
         rate_tau_s: float = 0.25,
+        overload_margin: float = 0.1,
+        overload_queue_batches: float = 2.0,
         feedback_interval_s: float = 0.5,
         feedback_decrease: float = 0.2,
         feedback_increase: float = 0.02,
@@ -126,11 +133,15 @@ class AdaptivePolicy(BatchPolicy):
     ) -> None:
         if slo_s <= 0 or not 0 < utilisation <= 1 or greedy_share <= 0 or guard_s < 0:
             raise ValueError("slo_s > 0, 0 < utilisation <= 1, greedy_share > 0, guard_s >= 0")
+        if overload_margin < 0 or overload_queue_batches < 0:
+            raise ValueError("overload_margin >= 0, overload_queue_batches >= 0")
         super().__init__(max_rows, buckets, provider=provider, service=service)
         self.slo_s = slo_s
         self.utilisation = utilisation
         self.greedy_share = greedy_share
         self.guard_s = guard_s
+        self.overload_margin = overload_margin
+        self.overload_queue_batches = overload_queue_batches
         self.rate = ArrivalRate(rate_tau_s)
         self.correction = AimdCorrection(slo_s, interval_s=feedback_interval_s, decrease=feedback_decrease,
                                          increase=feedback_increase, floor=feedback_floor)
@@ -230,7 +241,8 @@ class AdaptivePolicy(BatchPolicy):
                 if rps >= need:
                     return self._dispatch(now, queue, rows, DispatchReason.KEEPS_UP)
         target, _, reason = self.target_rows(lam)
-        if reason is DispatchReason.OVERLOAD and lam <= 1.1 * plan.best_rps and n < 2 * plan.fit:
+        if (reason is DispatchReason.OVERLOAD and lam <= (1 + self.overload_margin) * plan.best_rps
+                and n < self.overload_queue_batches * plan.fit):
             # the estimate says overload by a few per cent, the queue does not (yet): an estimate that
             # noisy must not switch to batches too large for the SLO
             target, reason = plan.best, DispatchReason.FULL
