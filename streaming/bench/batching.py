@@ -21,8 +21,9 @@ rate (one unit-rate process, scaled).
    per rate on a machine whose speed drifts lets a lucky pass stand).
    Last, head to head: the best static setting, selected on those probes,
    is the luckiest of nine noisy walks, so it and adaptive are measured again
-   on other sequences (five per rate, paired) with the same walk from the
-   lower of their two results; ``adaptive_over_best_static`` is that ratio.
+   on other sequences, five per rate, on one walk from the lower of their two
+   results (both probed at every rate, back to back: paired in arrivals and in
+   time); ``adaptive_over_best_static`` is that ratio.
 3. A load step (10 % -> 90 % -> 10 % of adaptive's capacity) for adaptive and
    every static setting, and a burst (30 % -> 150 % for 0.5 s -> 30 %) for
    adaptive and the best static setting, with p99 over 0.5 s windows of
@@ -305,6 +306,59 @@ def _confirm(ex: _Executor, factories: dict[str, Factory], X: np.ndarray, *, sta
     return best, points
 
 
+def _head_to_head(ex: _Executor, pair: dict[str, Factory], X: np.ndarray, *, start: float, anchor: float,
+                  repeats: int, max_moves: int, hold_s: float, units: Sequence[np.ndarray],
+                  say: Callable[[str], None]) -> tuple[dict[str, float], dict[str, Confirmation]]:
+    """Two policies on one walk of the grid ``anchor * (1 + CONFIRM_STEP) ** k``, paired in time and in arrivals.
+
+    At each rate both run sequence ``j`` back to back (the order alternating with ``j``) until each one's
+    majority of ``repeats`` is decided. From the grid rate nearest ``start`` the walk goes up while either
+    passes (at most ``max_moves``), and down while either has not passed yet (at most three times as many);
+    an upward walk that leaves one policy without a pass then goes down from below ``start`` for it. Each
+    policy's capacity is the highest rate it passed; both were measured at the same rates, minutes apart
+    at most, so a drift of the machine hits both.
+    """
+    ratio, need, names = 1.0 + CONFIRM_STEP, repeats // 2 + 1, list(pair)
+    k0 = round(math.log(start / anchor) / math.log(ratio))
+    best = dict.fromkeys(names, 0.0)
+    points: dict[str, Confirmation] = {n: [] for n in names}
+
+    def probe(k: int) -> dict[str, bool]:
+        rate = anchor * ratio ** k
+        p99s: dict[str, list[float | None]] = {n: [] for n in names}
+        passed = dict.fromkeys(names, 0)
+        for j, unit in enumerate(units[:repeats]):
+            arrivals = unit[unit < rate * hold_s] / rate
+            for name in names if j % 2 == 0 else names[::-1]:
+                if passed[name] >= need or len(p99s[name]) - passed[name] >= need:
+                    continue  # decided
+                run = _open_loop(ex, pair[name](), arrivals, X, max_late=int(0.01 * len(arrivals)))
+                p99s[name].append(None if run.aborted else round(run.p99 * 1e3, 2))
+                passed[name] += not run.aborted and run.p99 <= SLO_S
+        out = {}
+        for name in names:
+            out[name] = passed[name] >= need
+            points[name].append((round(rate, 1), p99s[name], out[name]))
+            if out[name]:
+                best[name] = max(best[name], rate)
+        say(f"  head to head at {rate:,.0f} rows/s: " + ", ".join(f"{n} {'passed' if ok else 'failed'}" for n, ok in out.items()))
+        return out
+
+    k = k0
+    if any(probe(k).values()):
+        for _ in range(max_moves):
+            k += 1
+            if not any(probe(k).values()):
+                break
+        k = k0
+    for _ in range(3 * max_moves):
+        if all(best.values()):
+            break
+        k -= 1
+        probe(k)
+    return best, points
+
+
 # -- time series -----------------------------------------------------------------
 def _windows(run: _Run, total_s: float) -> list[float]:
     """p99 (ms) of the rows that arrived in each ``WINDOW_S`` window (inf if one was never served)."""
@@ -473,9 +527,9 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
         low = min(max_rate["adaptive"], max_rate[best])
         say(f"head to head: adaptive and {best}, from {low:,.0f} rows/s, up to {h2h_repeats} fresh sequences per rate")
         h2h_units = [np.cumsum(np.random.default_rng(201 + j).exponential(1.0, len(unit))) for j in range(h2h_repeats)]
-        h2h_rate, h2h = _confirm(ex, pair, X, starts=dict.fromkeys(pair, low), anchors={n: his[n] for n in pair},
-                                 repeats=h2h_repeats, max_moves=confirm_moves, hold_s=hold_s, units=h2h_units,
-                                 say=say) if low > 0 else (dict.fromkeys(pair, 0.0), {n: [] for n in pair})
+        h2h_rate, h2h = _head_to_head(ex, pair, X, start=low, anchor=his[best], repeats=h2h_repeats,
+                                      max_moves=confirm_moves, hold_s=hold_s, units=h2h_units, say=say) \
+            if low > 0 else (dict.fromkeys(pair, 0.0), {n: [] for n in pair})
         for name, walked in h2h.items():
             say(f"  {name:<20} {h2h_rate[name]:>8,.0f} rows/s   (" + ", ".join(
                 f"{r:,.0f}:{''.join('x' if p is None or p > SLO_S * 1e3 else 'o' for p in p99s)}"

@@ -79,3 +79,24 @@ def test_confirmation_walks_down_from_a_lucky_result_and_up_from_a_modest_one(mo
     # every rate decided on a majority of two, from the same two arrival sequences for every policy (paired)
     assert all(len(p99s) == 2 for pts in points.values() for _, p99s, _ in pts)
     assert set(seen) == {0, 1}
+
+
+@pytest.mark.parametrize("start", [1_020.0, 1_250.0, 700.0])
+def test_head_to_head_probes_both_at_every_rate_and_finds_each_ones_highest(monkeypatch, start: float) -> None:
+    seen: list[int] = []
+    units = [np.cumsum(np.random.default_rng(201 + j).exponential(1.0, 60_000)) for j in range(5)]
+    monkeypatch.setattr(bb, "_open_loop", _fake_open_loop(units, seen))
+    anchor = 2_000.0
+    best, points = bb._head_to_head(None, {"adaptive": lambda: 1_100.0, "static": lambda: 1_000.0}, None, start=start,
+                                    anchor=anchor, repeats=5, max_moves=4, hold_s=20.0, units=units, say=lambda m: None)
+    grid = [anchor * 1.025 ** k for k in range(-60, 1)]
+    # from 1,020: up past 1,100 for adaptive, then down below 1,000 for static; from 1,250: down until both
+    # passed; from 700 (four moves up reach ~773): neither reaches its limit
+    expect = {"adaptive": max(g for g in grid if g < 1_100.0), "static": max(g for g in grid if g < 1_000.0)}
+    if start == 700.0:
+        top = [g for g in grid if g >= 700 / 1.0125][4]
+        expect = {"adaptive": top, "static": top}
+    assert best == pytest.approx(expect, rel=1e-6)
+    assert [r for r, _, _ in points["adaptive"]] == [r for r, _, _ in points["static"]]  # the same rates
+    assert all(len(p99s) == 3 for pts in points.values() for _, p99s, _ in pts)  # majority of five decided at 3
+    assert set(seen) == {0, 1, 2}
