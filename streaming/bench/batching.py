@@ -256,6 +256,25 @@ def _max_passing(points: list[tuple[float, float | None, bool]]) -> float:
 Confirmation = list[tuple[float, list[float | None], bool]]  # (rate, p99 ms per repeat or None if stopped early, passed)
 
 
+def _probe_rate(ex: _Executor, factories: dict[str, Factory], X: np.ndarray, rate: float, *, repeats: int,
+                hold_s: float, units: Sequence[np.ndarray]) -> dict[str, tuple[list[float | None], bool]]:
+    """Each policy at ``rate`` on arrival sequences ``units[j]`` (scaled), until its majority of ``repeats`` is
+    decided: (p99 ms per sequence, None where the probe stopped early; passed). With several policies,
+    sequence ``j`` runs for each back to back, in an order that alternates with ``j``."""
+    need, names = repeats // 2 + 1, list(factories)
+    p99s: dict[str, list[float | None]] = {n: [] for n in names}
+    passed = dict.fromkeys(names, 0)
+    for j, unit in enumerate(units[:repeats]):
+        arrivals = unit[unit < rate * hold_s] / rate
+        for name in names if j % 2 == 0 else names[::-1]:
+            if passed[name] >= need or len(p99s[name]) - passed[name] >= need:
+                continue  # decided
+            run = _open_loop(ex, factories[name](), arrivals, X, max_late=int(0.01 * len(arrivals)))
+            p99s[name].append(None if run.aborted else round(run.p99 * 1e3, 2))
+            passed[name] += not run.aborted and run.p99 <= SLO_S
+    return {n: (p99s[n], passed[n] >= need) for n in names}
+
+
 def _confirm(ex: _Executor, factories: dict[str, Factory], X: np.ndarray, *, starts: dict[str, float],
              anchors: dict[str, float], repeats: int, max_moves: int, hold_s: float, units: Sequence[np.ndarray],
              say: Callable[[str], None]) -> tuple[dict[str, float], dict[str, Confirmation]]:
@@ -264,11 +283,11 @@ def _confirm(ex: _Executor, factories: dict[str, Factory], X: np.ndarray, *, sta
     At each rate a policy runs up to ``repeats`` probes (arrival sequence ``j`` is ``units[j]`` scaled, the
     same for every policy: paired) and passes on a majority (it stops once the majority is decided). From
     the grid rate nearest its start it moves up while it passes and down while it fails, at most
-    ``max_moves`` times up (three times as many down); rounds are interleaved across policies like the bisection. Returns each policy's
-    confirmed capacity (the highest rate that passed; 0 if none did) and its probes.
+    ``max_moves`` times up (three times as many down); rounds are interleaved across policies like the
+    bisection. Returns each policy's confirmed capacity (the highest rate that passed; 0 if none did) and
+    its probes.
     """
     ratio = 1.0 + CONFIRM_STEP
-    need = repeats // 2 + 1
     walk = {n: round(math.log(starts[n] / anchors[n]) / math.log(ratio)) for n in factories if starts[n] > 0}
     going: dict[str, int] = {}  # +1 up, -1 down once the first rate is decided
     best = {n: 0.0 for n in factories}
@@ -280,17 +299,8 @@ def _confirm(ex: _Executor, factories: dict[str, Factory], X: np.ndarray, *, sta
             break
         for name in active[rnd % len(active):] + active[:rnd % len(active)]:
             rate = anchors[name] * ratio ** walk[name]
-            p99s: list[float | None] = []
-            passed = 0
-            for unit in units[:repeats]:
-                arrivals = unit[unit < rate * hold_s] / rate
-                run = _open_loop(ex, factories[name](), arrivals, X, max_late=int(0.01 * len(arrivals)))
-                ok = not run.aborted and run.p99 <= SLO_S
-                p99s.append(None if run.aborted else round(run.p99 * 1e3, 2))
-                passed += ok
-                if passed >= need or len(p99s) - passed >= need:
-                    break
-            ok = passed >= need
+            p99s, ok = _probe_rate(ex, {name: factories[name]}, X, rate, repeats=repeats, hold_s=hold_s,
+                                   units=units)[name]
             points[name].append((round(rate, 1), p99s, ok))
             if ok:
                 best[name] = max(best[name], rate)
@@ -318,30 +328,21 @@ def _head_to_head(ex: _Executor, pair: dict[str, Factory], X: np.ndarray, *, sta
     policy's capacity is the highest rate it passed; both were measured at the same rates, minutes apart
     at most, so a drift of the machine hits both.
     """
-    ratio, need, names = 1.0 + CONFIRM_STEP, repeats // 2 + 1, list(pair)
+    ratio = 1.0 + CONFIRM_STEP
     k0 = round(math.log(start / anchor) / math.log(ratio))
-    best = dict.fromkeys(names, 0.0)
-    points: dict[str, Confirmation] = {n: [] for n in names}
+    best = dict.fromkeys(pair, 0.0)
+    points: dict[str, Confirmation] = {n: [] for n in pair}
 
     def probe(k: int) -> dict[str, bool]:
         rate = anchor * ratio ** k
-        p99s: dict[str, list[float | None]] = {n: [] for n in names}
-        passed = dict.fromkeys(names, 0)
-        for j, unit in enumerate(units[:repeats]):
-            arrivals = unit[unit < rate * hold_s] / rate
-            for name in names if j % 2 == 0 else names[::-1]:
-                if passed[name] >= need or len(p99s[name]) - passed[name] >= need:
-                    continue  # decided
-                run = _open_loop(ex, pair[name](), arrivals, X, max_late=int(0.01 * len(arrivals)))
-                p99s[name].append(None if run.aborted else round(run.p99 * 1e3, 2))
-                passed[name] += not run.aborted and run.p99 <= SLO_S
         out = {}
-        for name in names:
-            out[name] = passed[name] >= need
-            points[name].append((round(rate, 1), p99s[name], out[name]))
-            if out[name]:
+        for name, (p99s, ok) in _probe_rate(ex, pair, X, rate, repeats=repeats, hold_s=hold_s, units=units).items():
+            out[name] = ok
+            points[name].append((round(rate, 1), p99s, ok))
+            if ok:
                 best[name] = max(best[name], rate)
-        say(f"  head to head at {rate:,.0f} rows/s: " + ", ".join(f"{n} {'passed' if ok else 'failed'}" for n, ok in out.items()))
+        say(f"  head to head at {rate:,.0f} rows/s: " + ", ".join(f"{n} {'passed' if ok else 'failed'}"
+                                                                for n, ok in out.items()))
         return out
 
     k = k0

@@ -323,6 +323,31 @@ def test_service_model_follows_the_machine_in_buckets_it_has_not_run_lately() ->
     assert steady.mean(32) == pytest.approx(linear_cost(32))  # without the index it keeps the old timing
 
 
+def test_only_back_to_back_batches_move_the_speed_index() -> None:
+    """A batch after idle time runs slower (a cold core), which says nothing about the machine under load."""
+    model = seeded(cost=linear_cost)
+    for _ in range(200):
+        model.observe(1, 1.2 * linear_cost(1), drift=False)
+    assert model.speed == 1.0 and model.mean(64) == pytest.approx(linear_cost(64))
+    assert model.mean(1) == pytest.approx(1.2 * linear_cost(1), rel=0.01)  # its own estimate still learns
+
+    def slow_batches(back_to_back: bool) -> AdaptivePolicy:
+        policy = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
+        t = 1.0
+        for _ in range(100):  # one row each, 20 % slower than seeded; arriving before or after the completion
+            arrived = t - 0.001 if back_to_back else t + 0.004
+            d = policy.next_action(max(t, arrived), QueueState(1, arrived, 1_000))
+            assert isinstance(d, Dispatch)
+            policy.observe(d, 1.2 * linear_cost(d.bucket))
+            t = d.at_s + 1.2 * linear_cost(d.bucket)
+        return policy
+
+    assert slow_batches(back_to_back=False).service.speed == 1.0  # light load: the index stays
+    busy = slow_batches(back_to_back=True)
+    assert busy.service.speed > 1.15  # under load it follows (1.2 over the seeded reference)
+    assert busy.service.mean(64) > 1.15 * linear_cost(64)
+
+
 def test_service_models_are_per_provider() -> None:
     policy = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
     cpu_p99 = policy.service.p99(64)

@@ -213,8 +213,8 @@ class AdaptivePolicy(BatchPolicy):
         action = self._decide(now, queue)
         if isinstance(action, Wait):
             self.overhead.decided()
-        else:
-            self.overhead.dispatched(now, queue.oldest_arrival_s)
+        else:  # only a back-to-back batch updates the speed index: one after idle time runs slower
+            self._drift_sample = self.overhead.dispatched(now, queue.oldest_arrival_s)
         return action
 
     def _decide(self, now: float, queue: QueueState) -> Dispatch | Wait:

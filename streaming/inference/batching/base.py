@@ -107,6 +107,9 @@ class BatchPolicy(ABC):
     """
 
     name: str = "policy"
+    #: whether the batch being observed tells the machine's speed (see ``ServiceModel.observe``); a policy that
+    #: knows which batches ran after idle time sets it per dispatch
+    _drift_sample: bool = True
 
     def __init__(self, max_rows: int, buckets: Sequence[int] | None = None, *, provider: str = "cpu",
                  service: ServiceModel | None = None) -> None:
@@ -147,7 +150,7 @@ class BatchPolicy(ABC):
     def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Latencies = ()) -> None:
         """Report a dispatched batch's run time and its rows' latencies (arrival to completion)."""
         dispatch.actual_s = actual_s
-        self.service.observe(dispatch.bucket, actual_s)
+        self.service.observe(dispatch.bucket, actual_s, drift=self._drift_sample)
 
     # -- helpers for subclasses ---------------------------------------------
     def _dispatch(self, now: float, queue: QueueState, rows: int, reason: DispatchReason) -> Dispatch:

@@ -16,11 +16,13 @@ the completion (so no deliberate wait is counted either).
 
 >>> o = DispatchOverhead()
 >>> o.completed(1.000)
->>> o.dispatched(1.0002, oldest_arrival_s=0.999)  # a row was waiting: 0.2 ms of overhead
+>>> o.dispatched(1.0002, oldest_arrival_s=0.999)  # a row was waiting: back to back, 0.2 ms of overhead
+True
 >>> round(o.seconds * 1e3, 3)
 0.2
 >>> o.completed(2.000)
 >>> o.dispatched(2.5, oldest_arrival_s=2.4)  # the queue was empty at completion: no sample
+False
 >>> round(o.seconds * 1e3, 3)
 0.2
 """
@@ -58,12 +60,17 @@ class DispatchOverhead:
         """The policy decided to wait: the next dispatch is not back to back."""
         self._completed_at = None
 
-    def dispatched(self, now: float, oldest_arrival_s: float) -> None:
-        """A batch is dispatched at ``now``; its oldest row arrived at ``oldest_arrival_s``."""
+    def dispatched(self, now: float, oldest_arrival_s: float) -> bool:
+        """A batch is dispatched at ``now``; its oldest row arrived at ``oldest_arrival_s``.
+
+        Returns whether it went back to back (sampled): its row waited for the last completion, and the
+        policy sent it at its first decision after.
+        """
         done, self._completed_at = self._completed_at, None
         if done is None or oldest_arrival_s > done or now < done:
-            return
+            return False
         gap = min(now - done, self.cap_s)
         self.samples += 1
         a = max(self.alpha, 1.0 / self.samples)
         self.seconds += a * (gap - self.seconds)
+        return True

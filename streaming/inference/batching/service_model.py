@@ -129,8 +129,13 @@ class ServiceModel:
         self._dirty = False
 
     # -- learning ------------------------------------------------------------
-    def observe(self, bucket: int, seconds: float) -> None:
-        """Record that one batch of ``bucket`` rows (padded) took ``seconds``."""
+    def observe(self, bucket: int, seconds: float, *, drift: bool = True) -> None:
+        """Record that one batch of ``bucket`` rows (padded) took ``seconds``.
+
+        ``drift=False``: the sample says nothing about the machine's speed (a batch after idle time runs
+        ~10 % slower than back to back on the dev machine; a policy that knows passes False for it), so it
+        updates the bucket's own estimate but not the speed index.
+        """
         s = self._stats.get(bucket)
         if s is None:
             raise ValueError(f"{bucket} is not one of the buckets {self.buckets}")
@@ -141,7 +146,7 @@ class ServiceModel:
         s.mad += a * (dev - s.mad)
         s.samples.append(seconds)
         s.q99_new += 1
-        if s.ref > 0:  # a ratio clipped to 0.8-1.25: a stall (a GC pause, a slow kernel) is not the machine's speed
+        if s.ref > 0 and drift:  # a ratio clipped to 0.8-1.25: a stall (a GC pause, a slow kernel) is not the machine's speed
             self.speed += self.speed_alpha * (min(max(seconds / s.ref, 0.8), 1.25) - self.speed)
         elif s.n >= self.min_samples:
             s.ref = s.mean
