@@ -253,6 +253,11 @@ def _max_passing(points: list[tuple[float, float | None, bool]]) -> float:
     return max((r for r, _, ok in points if ok), default=0.0)
 
 
+def _capped(walks: dict[str, Confirmation]) -> list[str]:
+    """The policies whose walk ended on a pass at its highest rate (out of moves): capacity at least that."""
+    return [n for n, pts in walks.items() if pts and max(pts, key=lambda p: p[0])[2]]
+
+
 Confirmation = list[tuple[float, list[float | None], bool]]  # (rate, p99 ms per repeat or None if stopped early, passed)
 
 
@@ -535,6 +540,8 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
             say(f"  {name:<20} {h2h_rate[name]:>8,.0f} rows/s   (" + ", ".join(
                 f"{r:,.0f}:{''.join('x' if p is None or p > SLO_S * 1e3 else 'o' for p in p99s)}"
                 for r, p99s, _ in walked) + ")")
+        if capped := _capped(h2h):
+            say(f"  out of moves on a pass (capacity at least the figure): {', '.join(capped)}")
         cap = h2h_rate["adaptive"]
         base = cap or max_rate["adaptive"]  # the load step's and the burst's 100 %
 
@@ -576,9 +583,10 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
         "max_rate_at_slo_bisection": {k: round(v, 1) for k, v in bisected.items()},
         "capacity_points": points,
         "confirm_points": confirm,
+        "confirm_capped": _capped(confirm),
         "best_static": best,
         "head_to_head": {"policies": [*pair], "max_rate_at_slo": {k: round(v, 1) for k, v in h2h_rate.items()},
-                         "repeats": h2h_repeats, "points": h2h},
+                         "repeats": h2h_repeats, "points": h2h, "capped": _capped(h2h)},
         "adaptive_over_best_static": round(cap / h2h_rate[best], 3) if h2h_rate[best] else None,
         "adaptive_over_best_static_confirmation": (round(max_rate["adaptive"] / max_rate[best], 3)
                                                    if max_rate[best] else None),

@@ -73,6 +73,7 @@ def test_confirmation_walks_down_from_a_lucky_result_and_up_from_a_modest_one(mo
     assert [ok for _, _, ok in points["lucky"]] == [False] * (len(points["lucky"]) - 1) + [True]
     # modest: up while it passes, at most four moves (five probes)
     assert best["modest"] == pytest.approx(min(below, grid(k_modest + 4)), rel=1e-6)
+    assert bb._capped(points) == (["modest"] if grid(k_modest + 4) < 1_000.0 else [])
     assert len(points["modest"]) <= 5 and all(ok for _, _, ok in points["modest"][:-1])
     # doomed: twelve moves down (3 x 4), nothing passes: 0, and the walk stops
     assert best["doomed"] == 0.0 and len(points["doomed"]) == 13
@@ -97,6 +98,7 @@ def test_head_to_head_probes_both_at_every_rate_and_finds_each_ones_highest(monk
         top = [g for g in grid if g >= 700 / 1.0125][4]
         expect = {"adaptive": top, "static": top}
     assert best == pytest.approx(expect, rel=1e-6)
+    assert bb._capped(points) == (["adaptive", "static"] if start == 700.0 else [])  # 700: out of moves on passes
     assert [r for r, _, _ in points["adaptive"]] == [r for r, _, _ in points["static"]]  # the same rates
     assert all(len(p99s) == 3 for pts in points.values() for _, p99s, _ in pts)  # majority of five decided at 3
     assert set(seen) == {0, 1, 2}
