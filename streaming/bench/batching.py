@@ -253,6 +253,12 @@ def _max_passing(points: list[tuple[float, float | None, bool]]) -> float:
     return max((r for r, _, ok in points if ok), default=0.0)
 
 
+def _walk_line(name: str, rate: float, walked: Confirmation) -> str:
+    """One policy's walk for the log: its capacity, then each rate with o/x per arrival sequence."""
+    return f"  {name:<20} {rate:>8,.0f} rows/s   (" + ", ".join(
+        f"{r:,.0f}:{''.join('x' if p is None or p > SLO_S * 1e3 else 'o' for p in p99s)}" for r, p99s, _ in walked) + ")"
+
+
 def _capped(walks: dict[str, Confirmation]) -> list[str]:
     """The policies whose walk ended on a pass at its highest rate (out of moves): capacity at least that."""
     return [n for n, pts in walks.items() if pts and max(pts, key=lambda p: p[0])[2]]
@@ -521,9 +527,7 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
         max_rate, confirm = _confirm(ex, factories, X, starts=bisected, anchors=his, repeats=confirm_repeats,
                                      max_moves=confirm_moves, hold_s=hold_s, units=units, say=say)
         for name, walked in confirm.items():
-            say(f"  {name:<20} {max_rate[name]:>8,.0f} rows/s   (" + ", ".join(
-                f"{r:,.0f}:{''.join('x' if p is None or p > SLO_S * 1e3 else 'o' for p in p99s)}"
-                for r, p99s, _ in walked) + ")")
+            say(_walk_line(name, max_rate[name], walked))
         statics = [n for n in factories if n.startswith("static")]
         best = max(statics, key=lambda n: max_rate[n])
         # The best of nine confirmed statics is still the luckiest of nine noisy walks: selected on these
@@ -537,9 +541,7 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
                                       max_moves=confirm_moves, hold_s=hold_s, units=h2h_units, say=say) \
             if low > 0 else (dict.fromkeys(pair, 0.0), {n: [] for n in pair})
         for name, walked in h2h.items():
-            say(f"  {name:<20} {h2h_rate[name]:>8,.0f} rows/s   (" + ", ".join(
-                f"{r:,.0f}:{''.join('x' if p is None or p > SLO_S * 1e3 else 'o' for p in p99s)}"
-                for r, p99s, _ in walked) + ")")
+            say(_walk_line(name, h2h_rate[name], walked))
         if capped := _capped(h2h):
             say(f"  out of moves on a pass (capacity at least the figure): {', '.join(capped)}")
         cap = h2h_rate["adaptive"]
@@ -576,7 +578,8 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
         "search": {"method": "bisection on [0, hi], policies interleaved step by step; hi = 1.05 x the best rows/s "
                              "of any bucket (none: of batch 1); then a confirmation from each result on the grid "
                              "hi * (1 + step)^k, up while the majority of fresh arrival sequences passes, down while "
-                             "it fails; the capacity is the highest rate confirmed",
+                             "it fails; the capacity is the highest rate confirmed; then adaptive and the best static "
+                             "head to head, one walk probing both at every rate on other sequences",
                    "steps": steps, "hold_s": hold_s, "pass": "p99 <= SLO and every row served",
                    "confirm_step": CONFIRM_STEP, "confirm_repeats": confirm_repeats, "confirm_moves": confirm_moves},
         "max_rate_at_slo": {k: round(v, 1) for k, v in max_rate.items()},
