@@ -6,7 +6,7 @@
 #   CHECK=1     also run scripts/gpu_check.py (CUDA vs CPU scores, predict per bucket)
 #   PROVIDERS   providers to benchmark (default: cuda)
 #   PROBES, PROBE_S, PHASE_S   the batching benchmark's bisection steps, probe and step-phase
-#               lengths (default: the full run's 7, 4 s, 10 s; about 8 minutes); QUICK=1 for --quick
+#               lengths (default: the full run's 6, 4 s, 10 s; about 14 minutes on the dev CPU); QUICK=1 for --quick
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
