@@ -330,6 +330,9 @@ def test_only_back_to_back_batches_move_the_speed_index() -> None:
         model.observe(1, 1.2 * linear_cost(1), drift=False)
     assert model.speed == 1.0 and model.mean(64) == pytest.approx(linear_cost(64))
     assert model.mean(1) == pytest.approx(1.2 * linear_cost(1), rel=0.01)  # its own estimate still learns
+    for _ in range(50):  # back to back again at the old speed: the reference was not moved by the idle samples
+        model.observe(1, linear_cost(1))
+    assert model.speed == pytest.approx(1.0, abs=0.01)
 
     def slow_batches(back_to_back: bool) -> AdaptivePolicy:
         policy = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())

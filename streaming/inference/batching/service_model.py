@@ -146,8 +146,9 @@ class ServiceModel:
         s.mad += a * (dev - s.mad)
         s.samples.append(seconds)
         s.q99_new += 1
-        if s.ref > 0 and drift:  # a ratio clipped to 0.8-1.25: a stall (a GC pause, a slow kernel) is not the machine's speed
-            self.speed += self.speed_alpha * (min(max(seconds / s.ref, 0.8), 1.25) - self.speed)
+        if s.ref > 0:
+            if drift:  # a ratio clipped to 0.8-1.25: a stall (a GC pause, a slow kernel) is not the machine's speed
+                self.speed += self.speed_alpha * (min(max(seconds / s.ref, 0.8), 1.25) - self.speed)
         elif s.n >= self.min_samples:
             s.ref = s.mean
         s.index_at = self.speed
