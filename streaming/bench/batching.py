@@ -210,6 +210,11 @@ def _open_loop(ex: _Executor, policy: BatchPolicy, arrivals: np.ndarray, X: np.n
     return run
 
 
+def _unit(seed: int, n: int) -> np.ndarray:
+    """``n`` arrival times of a unit-rate Poisson process; ``unit[unit < rate * t] / rate`` is ``t`` seconds at ``rate``."""
+    return np.cumsum(np.random.default_rng(seed).exponential(1.0, n))
+
+
 def _poisson(schedule: Sequence[tuple[float, float]], seed: int) -> np.ndarray:
     """Arrival offsets of a piecewise-constant Poisson process: ``schedule`` is (rate, seconds) pairs."""
     rng = np.random.default_rng(seed)
@@ -514,7 +519,7 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
         # one probe grid for every batching policy (the same rates, the same arrival times), its own for `none`
         top = 1.05 * max(c["rows_per_s"] for c in curve.values())
         his = {name: 1.05 * curve[1]["rows_per_s"] if name == "none" else top for name in factories}
-        unit = np.cumsum(np.random.default_rng(7).exponential(1.0, int(1.3 * hold_s * max(his.values()) + 1_000)))
+        unit = _unit(7, int(1.3 * hold_s * max(his.values()) + 1_000))
         say(f"capacity at p99 <= {SLO_S * 1e3:g} ms: bisection, {steps} steps of {hold_s:g} s per policy, interleaved")
         points = _capacities(ex, factories, X, his=his, steps=steps, hold_s=hold_s, unit=unit, say=say)
         bisected = {name: _max_passing(p) for name, p in points.items()}
@@ -523,7 +528,7 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
                 f"{r:,.0f}:{'ok' if ok else 'x'}" for r, _, ok in pts) + ")")
         say(f"confirmation: a grid {CONFIRM_STEP:.1%} apart from each result, up to {confirm_repeats} fresh arrival "
             f"sequences per rate (majority), at most {confirm_moves} moves")
-        units = [np.cumsum(np.random.default_rng(101 + j).exponential(1.0, len(unit))) for j in range(confirm_repeats)]
+        units = [_unit(101 + j, len(unit)) for j in range(confirm_repeats)]
         max_rate, confirm = _confirm(ex, factories, X, starts=bisected, anchors=his, repeats=confirm_repeats,
                                      max_moves=confirm_moves, hold_s=hold_s, units=units, say=say)
         for name, walked in confirm.items():
@@ -536,7 +541,7 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
         pair = {"adaptive": factories["adaptive"], best: factories[best]}
         low = min(max_rate["adaptive"], max_rate[best])
         say(f"head to head: adaptive and {best}, from {low:,.0f} rows/s, up to {h2h_repeats} fresh sequences per rate")
-        h2h_units = [np.cumsum(np.random.default_rng(201 + j).exponential(1.0, len(unit))) for j in range(h2h_repeats)]
+        h2h_units = [_unit(201 + j, len(unit)) for j in range(h2h_repeats)]
         h2h_rate, h2h = _head_to_head(ex, pair, X, start=low, anchor=his[best], repeats=h2h_repeats,
                                       max_moves=confirm_moves, hold_s=hold_s, units=h2h_units, say=say) \
             if low > 0 else (dict.fromkeys(pair, 0.0), {n: [] for n in pair})
