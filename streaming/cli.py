@@ -127,7 +127,7 @@ def worker() -> None:
 def produce(source: str | None, topic: str | None, subject: str | None, fmt: str, synthetic: bool, rate: float,
             duration: float, drift_at: float | None, labels: bool, label_delay: float, seed: int) -> None:
     """Publish events: JSON lines from SOURCE (a file, or - for stdin), or --synthetic ones."""
-    from streaming.events.producer import EventProducer
+    from streaming.events.producer import LABEL_LINGER_MS, EventProducer
     from streaming.events.topics import ensure_topics
     from streaming.infra.stack import check_broker, resolve_endpoints
     from streaming.worker.runtime import load_components
@@ -148,7 +148,7 @@ def produce(source: str | None, topic: str | None, subject: str | None, fmt: str
         gen = generator_for(pipeline, rate=rate, seed=seed, start_us=now,
                             drift_at_us=None if drift_at is None else now + int(drift_at * 1e6),
                             id_prefix=f"p{now // 1_000_000}-")
-        lab = EventProducer(bootstrap, codec, "label", s.topic_labels) if labels else None
+        lab = EventProducer(bootstrap, codec, "label", s.topic_labels, linger_ms=LABEL_LINGER_MS) if labels else None
         player = Player(gen, prod, lab, id_field=pipeline.event.id_field, time_field=pipeline.event.time_field,
                         label_delay_s=label_delay)
         stats = player.run(duration)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from loadtest.collector import PredictionCollector
 from loadtest.percentiles import percentiles
-from streaming.events.producer import EventProducer
+from streaming.events.producer import LABEL_LINGER_MS, EventProducer
 from streaming.events.reader import TopicReader
 from streaming.events.topics import ensure_topics
 from streaming.features.store import drop_namespace
@@ -133,7 +133,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
 
         events = EventProducer(bootstrap, codec, pipeline.event.schema, settings.topic_events,
                                key_fields=pipeline.event.key, linger_ms=20)
-        labels = EventProducer(bootstrap, codec, "label", settings.topic_labels, linger_ms=20)
+        labels = EventProducer(bootstrap, codec, "label", settings.topic_labels, linger_ms=LABEL_LINGER_MS)
         producers += [events, labels]
         for bad in BAD_RECORDS:
             events.send_raw(bad, key=b"bad")
