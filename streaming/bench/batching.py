@@ -495,6 +495,81 @@ def run_batching_bench(*, quick: bool, out_dir: Path, say: Callable[[str], None]
                   confirm_moves=moves)
 
 
+@dataclass
+class _Capacity:
+    """The capacity stage's outcome: bisection, confirmation and head to head."""
+
+    points: dict[str, list[tuple[float, float | None, bool]]]  # the bisection's probes per policy
+    bisected: dict[str, float]
+    max_rate: dict[str, float]  # confirmed
+    confirm: dict[str, Confirmation]
+    best: str  # the best static setting on the confirmation
+    h2h_rate: dict[str, float]
+    h2h: dict[str, Confirmation]
+
+
+def _measure_capacity(ex: _Executor, factories: dict[str, Factory], X: np.ndarray, curve: dict[int, dict[str, float]],
+                      *, steps: int, hold_s: float, confirm_repeats: int, confirm_moves: int, h2h_repeats: int,
+                      say: Callable[[str], None]) -> _Capacity:
+    """Bisection, then each policy's confirmation, then adaptive and the best static setting head to head."""
+    # one probe grid for every batching policy (the same rates, the same arrival times), its own for `none`
+    top = 1.05 * max(c["rows_per_s"] for c in curve.values())
+    his = {name: 1.05 * curve[1]["rows_per_s"] if name == "none" else top for name in factories}
+    unit = _unit(7, int(1.3 * hold_s * max(his.values()) + 1_000))
+    say(f"capacity at p99 <= {SLO_S * 1e3:g} ms: bisection, {steps} steps of {hold_s:g} s per policy, interleaved")
+    points = _capacities(ex, factories, X, his=his, steps=steps, hold_s=hold_s, unit=unit, say=say)
+    bisected = {name: _max_passing(p) for name, p in points.items()}
+    for name, pts in points.items():
+        say(f"  {name:<20} {bisected[name]:>8,.0f} rows/s   (" + ", ".join(
+            f"{r:,.0f}:{'ok' if ok else 'x'}" for r, _, ok in pts) + ")")
+    say(f"confirmation: a grid {CONFIRM_STEP:.1%} apart from each result, up to {confirm_repeats} fresh arrival "
+        f"sequences per rate (majority), at most {confirm_moves} moves")
+    units = [_unit(101 + j, len(unit)) for j in range(confirm_repeats)]
+    max_rate, confirm = _confirm(ex, factories, X, starts=bisected, anchors=his, repeats=confirm_repeats,
+                                 max_moves=confirm_moves, hold_s=hold_s, units=units, say=say)
+    for name, walked in confirm.items():
+        say(_walk_line(name, max_rate[name], walked))
+    best = max((n for n in factories if n.startswith("static")), key=lambda n: max_rate[n])
+    # The best of nine confirmed statics is still the luckiest of nine noisy walks: selected on these
+    # probes, it must be measured on others. Adaptive and it, paired, on fresh sequences, from the lower
+    # of their two results, 5 sequences per rate.
+    pair = {"adaptive": factories["adaptive"], best: factories[best]}
+    low = min(max_rate["adaptive"], max_rate[best])
+    say(f"head to head: adaptive and {best}, from {low:,.0f} rows/s, up to {h2h_repeats} fresh sequences per rate")
+    h2h_units = [_unit(201 + j, len(unit)) for j in range(h2h_repeats)]
+    h2h_rate, h2h = _head_to_head(ex, pair, X, start=low, anchor=his[best], repeats=h2h_repeats,
+                                  max_moves=confirm_moves, hold_s=hold_s, units=h2h_units, say=say) \
+        if low > 0 else (dict.fromkeys(pair, 0.0), {n: [] for n in pair})
+    for name, walked in h2h.items():
+        say(_walk_line(name, h2h_rate[name], walked))
+    if capped := _capped(h2h):
+        say(f"  out of moves on a pass (capacity at least the figure): {', '.join(capped)}")
+    return _Capacity(points, bisected, max_rate, confirm, best, h2h_rate, h2h)
+
+
+def _load_series(ex: _Executor, factories: dict[str, Factory], X: np.ndarray, *, base: float, best: str,
+                 step_names: Sequence[str], phase_s: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """The load step (10 % -> 90 % -> 10 % of ``base``) for ``step_names`` and the burst for adaptive and ``best``."""
+    step_rates = [0.1 * base, 0.9 * base, 0.1 * base]
+    step = {}
+    for name in step_names:
+        step[name] = _series(ex, factories[name], X, [(r, phase_s) for r in step_rates], seed=11)
+        say(f"step {name:<20} violations {step[name]['violation_s']:4.1f} s "
+            f"({step[name]['violation_s_outside_transient']:4.1f} s outside transients), "
+            f"phases failed {step[name]['phase_failed']}")
+    burst_sched = [(0.3 * base, 0.4 * phase_s), (1.5 * base, 0.5), (0.3 * base, 0.8 * phase_s)]
+    burst = {}
+    for name in ("adaptive", best):
+        burst[name] = _series(ex, factories[name], X, burst_sched, seed=13)
+        say(f"burst {name:<20} violations {burst[name]['violation_s']:4.1f} s, p99 {burst[name]['p99_ms']} ms")
+    return {
+        "step": {"rates": [round(r, 1) for r in step_rates], "phase_s": phase_s, "window_s": WINDOW_S,
+                 "changes_s": [phase_s, 2 * phase_s], "policies": step},
+        "burst": {"rates": [round(r, 1) for r, _ in burst_sched], "durations_s": [d for _, d in burst_sched],
+                  "changes_s": [0.4 * phase_s, 0.4 * phase_s + 0.5], "window_s": WINDOW_S, "policies": burst},
+    }
+
+
 def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_step: bool, out_dir: Path,
            say: Callable[[str], None], quick: bool, grid: Sequence[tuple[int, float]] = STATIC_GRID,
            provider: str = "cpu", confirm_repeats: int = 3, confirm_moves: int = 4,
@@ -516,65 +591,42 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
         for rows, wait in grid:
             factories[StaticPolicy(rows, wait, buckets=BUCKETS).name] = _static_factory(rows, wait, samples)
         factories["adaptive"] = lambda: AdaptivePolicy(SLO_S, MAX_ROWS, BUCKETS, service=_seeded(samples, BUCKETS))
-        # one probe grid for every batching policy (the same rates, the same arrival times), its own for `none`
-        top = 1.05 * max(c["rows_per_s"] for c in curve.values())
-        his = {name: 1.05 * curve[1]["rows_per_s"] if name == "none" else top for name in factories}
-        unit = _unit(7, int(1.3 * hold_s * max(his.values()) + 1_000))
-        say(f"capacity at p99 <= {SLO_S * 1e3:g} ms: bisection, {steps} steps of {hold_s:g} s per policy, interleaved")
-        points = _capacities(ex, factories, X, his=his, steps=steps, hold_s=hold_s, unit=unit, say=say)
-        bisected = {name: _max_passing(p) for name, p in points.items()}
-        for name, pts in points.items():
-            say(f"  {name:<20} {bisected[name]:>8,.0f} rows/s   (" + ", ".join(
-                f"{r:,.0f}:{'ok' if ok else 'x'}" for r, _, ok in pts) + ")")
-        say(f"confirmation: a grid {CONFIRM_STEP:.1%} apart from each result, up to {confirm_repeats} fresh arrival "
-            f"sequences per rate (majority), at most {confirm_moves} moves")
-        units = [_unit(101 + j, len(unit)) for j in range(confirm_repeats)]
-        max_rate, confirm = _confirm(ex, factories, X, starts=bisected, anchors=his, repeats=confirm_repeats,
-                                     max_moves=confirm_moves, hold_s=hold_s, units=units, say=say)
-        for name, walked in confirm.items():
-            say(_walk_line(name, max_rate[name], walked))
+        capacity = _measure_capacity(ex, factories, X, curve, steps=steps, hold_s=hold_s,
+                                     confirm_repeats=confirm_repeats, confirm_moves=confirm_moves,
+                                     h2h_repeats=h2h_repeats, say=say)
         statics = [n for n in factories if n.startswith("static")]
-        best = max(statics, key=lambda n: max_rate[n])
-        # The best of nine confirmed statics is still the luckiest of nine noisy walks: selected on these
-        # probes, it must be measured on others. Adaptive and it, paired, on fresh sequences, from the lower
-        # of their two results, 5 sequences per rate.
-        pair = {"adaptive": factories["adaptive"], best: factories[best]}
-        low = min(max_rate["adaptive"], max_rate[best])
-        say(f"head to head: adaptive and {best}, from {low:,.0f} rows/s, up to {h2h_repeats} fresh sequences per rate")
-        h2h_units = [_unit(201 + j, len(unit)) for j in range(h2h_repeats)]
-        h2h_rate, h2h = _head_to_head(ex, pair, X, start=low, anchor=his[best], repeats=h2h_repeats,
-                                      max_moves=confirm_moves, hold_s=hold_s, units=h2h_units, say=say) \
-            if low > 0 else (dict.fromkeys(pair, 0.0), {n: [] for n in pair})
-        for name, walked in h2h.items():
-            say(_walk_line(name, h2h_rate[name], walked))
-        if capped := _capped(h2h):
-            say(f"  out of moves on a pass (capacity at least the figure): {', '.join(capped)}")
-        cap = h2h_rate["adaptive"]
-        base = cap or max_rate["adaptive"]  # the load step's and the burst's 100 %
-
-        step_rates = [0.1 * base, 0.9 * base, 0.1 * base]
-        step_sched = [(r, phase_s) for r in step_rates]
-        step_names = ["adaptive", *(statics if all_static_step else [best])]
-        step = {}
-        for name in step_names:
-            step[name] = _series(ex, factories[name], X, step_sched, seed=11)
-            say(f"step {name:<20} violations {step[name]['violation_s']:4.1f} s "
-                f"({step[name]['violation_s_outside_transient']:4.1f} s outside transients), "
-                f"phases failed {step[name]['phase_failed']}")
-        burst_sched = [(0.3 * base, 0.4 * phase_s), (1.5 * base, 0.5), (0.3 * base, 0.8 * phase_s)]
-        burst = {}
-        for name in ("adaptive", best):
-            burst[name] = _series(ex, factories[name], X, burst_sched, seed=13)
-            say(f"burst {name:<20} violations {burst[name]['violation_s']:4.1f} s, p99 {burst[name]['p99_ms']} ms")
+        best = capacity.best
+        base = capacity.h2h_rate["adaptive"] or capacity.max_rate["adaptive"]  # the load step's and the burst's 100 %
+        load = _load_series(ex, factories, X, base=base, best=best, phase_s=phase_s, say=say,
+                            step_names=["adaptive", *(statics if all_static_step else [best])])
     finally:
         ex.close()
 
+    result = _summary(capacity, load, curve, statics=statics, all_static_step=all_static_step, quick=quick,
+                      provider=ex.provider, steps=steps, hold_s=hold_s, confirm_repeats=confirm_repeats,
+                      confirm_moves=confirm_moves, h2h_repeats=h2h_repeats)
+    result["plots"] = _plot(result, out_dir)
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    say(f"adaptive {capacity.h2h_rate['adaptive']:,.0f} rows/s at the SLO head to head: "
+        f"{result['adaptive_over_best_static']}x best static ({best}; "
+        f"confirmation: {result['adaptive_over_best_static_confirmation']}x), "
+        f"{result['adaptive_over_none']}x none; targets {result['targets']}; plots in {out_dir} ({result['wall_s']} s)")
+    return result
+
+
+def _summary(capacity: _Capacity, load: dict[str, Any], curve: dict[int, dict[str, float]], *, statics: list[str],
+             all_static_step: bool, quick: bool, provider: str, steps: int, hold_s: float, confirm_repeats: int,
+             confirm_moves: int, h2h_repeats: int) -> dict[str, Any]:
+    """The JSON result (without the plots and the wall time)."""
+    max_rate, h2h_rate, best = capacity.max_rate, capacity.h2h_rate, capacity.best
+    cap = h2h_rate["adaptive"]
+    step = load["step"]["policies"]
     static_fail = [any(step[n]["phase_failed"]) for n in statics if n in step]
-    result: dict[str, Any] = {
+    return {
         "bench": "batching",
         "quick": quick,
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "onnxruntime": ort.__version__, "provider": ex.provider},
+                    "python": platform.python_version(), "onnxruntime": ort.__version__, "provider": provider},
         "model": {"inputs": D_IN, "hidden": [WIDTH] * DEPTH, "weights": D_IN * WIDTH + (DEPTH - 1) * WIDTH ** 2 + WIDTH},
         "slo_ms": SLO_S * 1e3,
         "buckets": list(BUCKETS),
@@ -588,23 +640,21 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
                    "steps": steps, "hold_s": hold_s, "pass": "p99 <= SLO and every row served",
                    "confirm_step": CONFIRM_STEP, "confirm_repeats": confirm_repeats, "confirm_moves": confirm_moves},
         "max_rate_at_slo": {k: round(v, 1) for k, v in max_rate.items()},
-        "max_rate_at_slo_bisection": {k: round(v, 1) for k, v in bisected.items()},
-        "capacity_points": points,
-        "confirm_points": confirm,
-        "confirm_capped": _capped(confirm),
+        "max_rate_at_slo_bisection": {k: round(v, 1) for k, v in capacity.bisected.items()},
+        "capacity_points": capacity.points,
+        "confirm_points": capacity.confirm,
+        "confirm_capped": _capped(capacity.confirm),
         "best_static": best,
-        "head_to_head": {"policies": [*pair], "max_rate_at_slo": {k: round(v, 1) for k, v in h2h_rate.items()},
-                         "repeats": h2h_repeats, "points": h2h, "capped": _capped(h2h)},
+        "head_to_head": {"policies": [*h2h_rate], "max_rate_at_slo": {k: round(v, 1) for k, v in h2h_rate.items()},
+                         "repeats": h2h_repeats, "points": capacity.h2h, "capped": _capped(capacity.h2h)},
         "adaptive_over_best_static": round(cap / h2h_rate[best], 3) if h2h_rate[best] else None,
         "adaptive_over_best_static_confirmation": (round(max_rate["adaptive"] / max_rate[best], 3)
                                                    if max_rate[best] else None),
         "adaptive_over_none": round(max_rate["adaptive"] / max_rate["none"], 3) if max_rate["none"] else None,
-        "step": {"rates": [round(r, 1) for r in step_rates], "phase_s": phase_s, "window_s": WINDOW_S,
-                 "changes_s": [phase_s, 2 * phase_s], "policies": step},
+        "step": load["step"],
         "step_violation_seconds": {n: s["violation_s"] for n, s in step.items()},
         "step_violation_seconds_outside_transient": {n: s["violation_s_outside_transient"] for n, s in step.items()},
-        "burst": {"rates": [round(r, 1) for r, _ in burst_sched], "durations_s": [d for _, d in burst_sched],
-                  "changes_s": [0.4 * phase_s, 0.4 * phase_s + 0.5], "window_s": WINDOW_S, "policies": burst},
+        "burst": load["burst"],
         "targets": {
             "adaptive_max_rate>=best_static": cap >= h2h_rate[best],
             "adaptive_max_rate>=3x_none": max_rate["adaptive"] >= 3 * max_rate["none"],
@@ -612,9 +662,3 @@ def _bench(*, steps: int, hold_s: float, phase_s: float, reps: int, all_static_s
             "every_static_fails_a_step_phase": all(static_fail) if all_static_step else None,
         },
     }
-    result["plots"] = _plot(result, out_dir)
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    say(f"adaptive {cap:,.0f} rows/s at the SLO head to head: {result['adaptive_over_best_static']}x best static ({best}; "
-        f"confirmation: {result['adaptive_over_best_static_confirmation']}x), "
-        f"{result['adaptive_over_none']}x none; targets {result['targets']}; plots in {out_dir} ({result['wall_s']} s)")
-    return result
