@@ -142,6 +142,6 @@ class Batcher(Generic[R]):
             m.batch_seconds.labels("actual").observe(actual)
             m.batch_target.set(self.policy.target())
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("dispatch %d rows (bucket %d) reason=%s queue_wait=%.2fms predicted=%.2fms actual=%.2fms",
-                      take, action.bucket, action.reason.value, action.queue_wait_s * 1e3,
-                      action.predicted_s * 1e3, actual * 1e3)
+            log.debug("dispatch %d rows (bucket %d) reason=%s queue_wait=%.2fms predicted=%.2fms actual=%.2fms "
+                      "back_to_back=%s", take, action.bucket, action.reason.value, action.queue_wait_s * 1e3,
+                      action.predicted_s * 1e3, actual * 1e3, action.back_to_back)

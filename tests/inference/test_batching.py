@@ -337,10 +337,11 @@ def test_only_back_to_back_batches_move_the_speed_index() -> None:
     def slow_batches(back_to_back: bool) -> AdaptivePolicy:
         policy = AdaptivePolicy(SLO, 256, BUCKETS, service=seeded())
         t = 1.0
-        for _ in range(100):  # one row each, 20 % slower than seeded; arriving before or after the completion
+        for i in range(100):  # one row each, 20 % slower than seeded; arriving before or after the completion
             arrived = t - 0.001 if back_to_back else t + 0.004
             d = policy.next_action(max(t, arrived), QueueState(1, arrived, 1_000))
             assert isinstance(d, Dispatch)
+            assert d.back_to_back is (back_to_back and i > 0)  # recorded on the dispatch (the first follows nothing)
             policy.observe(d, 1.2 * linear_cost(d.bucket))
             t = d.at_s + 1.2 * linear_cost(d.bucket)
         return policy

@@ -214,7 +214,7 @@ class AdaptivePolicy(BatchPolicy):
         if isinstance(action, Wait):
             self.overhead.decided()
         else:  # only a back-to-back batch updates the speed index: one after idle time runs slower
-            self._drift_sample = self.overhead.dispatched(now, queue.oldest_arrival_s)
+            action.back_to_back = self.overhead.dispatched(now, queue.oldest_arrival_s)
         return action
 
     def _decide(self, now: float, queue: QueueState) -> Dispatch | Wait:

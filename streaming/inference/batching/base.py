@@ -76,7 +76,10 @@ class Dispatch:
 
     ``queue_wait_s`` is how long the oldest row had waited when the batch left;
     ``predicted_s`` the policy's p99 prediction of the batch's run time;
-    ``actual_s`` the run time, filled in by :meth:`BatchPolicy.observe`.
+    ``actual_s`` the run time, filled in by :meth:`BatchPolicy.observe`;
+    ``back_to_back`` whether the batch followed the previous one without idle time (a batch after
+    idle time runs slower, so only back-to-back batches tell the machine's speed: see
+    ``ServiceModel.observe``; a policy that does not track it leaves it True).
     """
 
     rows: int
@@ -86,6 +89,7 @@ class Dispatch:
     queue_wait_s: float
     predicted_s: float
     actual_s: float | None = None
+    back_to_back: bool = True
 
     @property
     def predicted_latency_s(self) -> float:
@@ -107,9 +111,6 @@ class BatchPolicy(ABC):
     """
 
     name: str = "policy"
-    #: whether the batch being observed tells the machine's speed (see ``ServiceModel.observe``); a policy that
-    #: knows which batches ran after idle time sets it per dispatch
-    _drift_sample: bool = True
 
     def __init__(self, max_rows: int, buckets: Sequence[int] | None = None, *, provider: str = "cpu",
                  service: ServiceModel | None = None) -> None:
@@ -150,7 +151,7 @@ class BatchPolicy(ABC):
     def observe(self, dispatch: Dispatch, actual_s: float, latencies_s: Latencies = ()) -> None:
         """Report a dispatched batch's run time and its rows' latencies (arrival to completion)."""
         dispatch.actual_s = actual_s
-        self.service.observe(dispatch.bucket, actual_s, drift=self._drift_sample)
+        self.service.observe(dispatch.bucket, actual_s, drift=dispatch.back_to_back)
 
     # -- helpers for subclasses ---------------------------------------------
     def _dispatch(self, now: float, queue: QueueState, rows: int, reason: DispatchReason) -> Dispatch:
