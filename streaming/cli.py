@@ -500,14 +500,17 @@ def loadtest_capacity(slo_p99_ms: float | None, step_duration: float, start_rate
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of events.")
 @click.option("--label-delay", type=float, default=3.0, show_default=True, help="Seconds before an event's label.")
 @click.option("--seed", type=int, default=11, show_default=True)
+@click.option("--linger-ms", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="The event generator's producer linger (the labels' is 100 ms).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the summary (default: <run_dir>/demo-summary.json and .txt).")
 @_friendly
-def demo(rate: float, duration: float, label_delay: float, seed: int, report: Path | None) -> None:
+def demo(rate: float, duration: float, label_delay: float, seed: int, linger_ms: float, report: Path | None) -> None:
     """Run everything: stack, model, worker, a minute of events with drift half-way, and a summary."""
     from streaming.demo import run_demo
 
-    ok = run_demo(_settings(), rate=rate, duration=duration, label_delay=label_delay, seed=seed, report=report)
+    ok = run_demo(_settings(), rate=rate, duration=duration, label_delay=label_delay, seed=seed, report=report,
+                  linger_ms=linger_ms)
     sys.exit(0 if ok else 1)
 
 

@@ -83,7 +83,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: float, seed: int,
-             report: Path | None = None) -> bool:
+             report: Path | None = None, linger_ms: float = 20.0) -> bool:
     # Ctrl-C and SIGTERM stop everything the demo started (even when SIGINT was ignored on entry)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -132,7 +132,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
                                         since_us=started_ms * 1000).start()
 
         events = EventProducer(bootstrap, codec, pipeline.event.schema, settings.topic_events,
-                               key_fields=pipeline.event.key, linger_ms=20)
+                               key_fields=pipeline.event.key, linger_ms=linger_ms)
         labels = EventProducer(bootstrap, codec, "label", settings.topic_labels, linger_ms=LABEL_LINGER_MS)
         producers += [events, labels]
         for bad in BAD_RECORDS:
@@ -188,6 +188,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
             "rate": rate,
             "duration_s": duration,
             "generator_lag_ms": round(stats.lag_s * 1000, 1),
+            "generator_linger_ms": linger_ms,
             "model_version": active.version,
         }
         ok = complete and not missing and summary["dead_letters"] == len(BAD_RECORDS)
