@@ -87,3 +87,10 @@ def test_produce_reports_bad_lines(servers: Servers, tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "line 2: skipped" in done.stderr and "line 3: skipped" in done.stderr
     assert "produced 1 records" in done.stderr
+
+
+def test_demo_refuses_a_negative_linger() -> None:
+    done = run("demo", "--linger-ms", "-1")  # refused before anything starts (no broker, no worker)
+    assert done.returncode == 2
+    assert "--linger-ms" in done.stderr and "-1.0 is not in the range x>=0" in done.stderr
+    assert "Traceback" not in done.stderr
