@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from loadtest.collector import PredictionCollector
 from loadtest.percentiles import percentiles
-from streaming.events.producer import LABEL_LINGER_MS, EventProducer
+from streaming.events.producer import EVENT_LINGER_MS, LABEL_LINGER_MS, EventProducer
 from streaming.events.reader import TopicReader
 from streaming.events.topics import ensure_topics
 from streaming.features.store import drop_namespace
@@ -83,7 +83,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: float, seed: int,
-             report: Path | None = None, linger_ms: float = 20.0) -> bool:
+             report: Path | None = None, linger_ms: float = EVENT_LINGER_MS) -> bool:
     # Ctrl-C and SIGTERM stop everything the demo started (even when SIGINT was ignored on entry)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)

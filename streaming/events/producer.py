@@ -10,10 +10,13 @@ from fastavro.validation import ValidationError, validate
 
 from streaming.events.codec import Codec
 
-__all__ = ["EventProducer", "entity_key", "LABEL_LINGER_MS"]
+__all__ = ["EventProducer", "entity_key", "EVENT_LINGER_MS", "LABEL_LINGER_MS"]
+
+#: Default linger of every producer here: a few ms batches requests on Tansu (facts.md) at little latency.
+EVENT_LINGER_MS = 20.0
 
 #: Linger of label producers. Labels arrive seconds after their events, so a tenth of a second more costs
-#: nothing, and it sends 5x fewer, larger batches than the events' 20 ms. On the embedded broker (Tansu,
+#: nothing, and it sends 5x fewer, larger batches than the events' ``EVENT_LINGER_MS``. On the embedded broker (Tansu,
 #: memory storage) that matters: a fetch that finds new data lists every batch the partition holds, so a
 #: topic's broker CPU grows with (batches per second)^2 x time (docs/benchmarks.md, "Demo").
 LABEL_LINGER_MS = 100.0
@@ -47,7 +50,7 @@ class EventProducer:
         topic: str,
         *,
         key_fields: Sequence[str] = (),
-        linger_ms: float = 20.0,
+        linger_ms: float = EVENT_LINGER_MS,
         as_json: bool = False,
         on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> None:
