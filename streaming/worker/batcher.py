@@ -92,6 +92,7 @@ class Batcher(Generic[R]):
         """Enqueue rows (arrival time: now); waits while the queue is full."""
         for row in rows:
             while len(self._rows) >= self.bound:
+                self._arrival.set()  # what is queued can run while this waits for space
                 self._space.clear()
                 await self._space.wait()
             self._rows.append((self.clock(), row))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -30,18 +30,19 @@ import faust
 from streaming.observability.metrics import Metrics
 from streaming.worker.records import OutRecord
 
-__all__ = ["BatchSender", "Publisher", "ack_event"]
+__all__ = ["Ack", "BatchSender", "Publisher", "ack_message"]
+
+#: acknowledges one input record's token once its output is on the broker
+Ack = Callable[[Any], None]
 
 log = logging.getLogger(__name__)
 
 
-def ack_event(app: faust.App, event: Any) -> None:
-    """The final ack of a Faust event whose message was ``incref``'d when it was taken."""
-    if event is None:
-        return
-    msg = event.message
-    if event.ack():  # the last reference: the consumer may now commit this offset
-        app.sensors.on_message_out(msg.tp, msg.offset, msg)
+def ack_message(app: faust.App, message: Any) -> None:
+    """Acknowledge a Faust message the worker's consumer tracked (:mod:`streaming.worker.transport`):
+    the consumer may now commit its offset."""
+    if message is not None and app.consumer.ack(message):
+        app.sensors.on_message_out(message.tp, message.offset, message)
 
 
 class BatchSender:
@@ -103,8 +104,9 @@ class Publisher:
     broker, the larger and fewer the requests (Tansu's cost is per request, facts.md).
     """
 
-    def __init__(self, app: faust.App, metrics: Metrics, *, max_queued: int = 50_000) -> None:
+    def __init__(self, app: faust.App, metrics: Metrics, ack: Ack, *, max_queued: int = 50_000) -> None:
         self.app = app
+        self.ack = ack
         self.metrics = metrics
         self.max_queued = max_queued
         self.sender = BatchSender(app)
@@ -175,11 +177,12 @@ class Publisher:
             self._fail(exc)
             return
         m = self.metrics
+        ack = self.ack
         now = time.perf_counter()
         now_ms = time.time() * 1000
         for _recs, tokens, produced_ms, t0 in taken:
             for tok in tokens:
-                ack_event(self.app, tok)
+                ack(tok)
             m.stage.labels("publish").observe(now - t0)
             for p in produced_ms:
                 if p:

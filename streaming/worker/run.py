@@ -65,7 +65,7 @@ def run_worker(settings: Settings) -> None:
     ``settings.stop_timeout_s`` without a clean stop, it exits with status 1)."""
 
     def build() -> Any:
-        from streaming.app import create_app
+        from streaming.worker.app import create_app
 
         rt = Runtime.build(settings)
         app = create_app(rt)

@@ -74,6 +74,23 @@ async def test_a_full_queue_makes_put_wait_until_a_batch_leaves() -> None:
     assert b.dispatches == 4
 
 
+async def test_a_put_larger_than_the_bound_runs_while_it_waits() -> None:
+    """A whole consumer fetch can hold more rows than the queue: the rows queued so far must run while
+    the rest wait for space (the loop already waits for an arrival: no deadlock)."""
+    ran: list[int] = []
+
+    async def run(rows: list[int], _d: Dispatch) -> None:
+        ran.extend(rows)
+
+    b: Batcher[int] = Batcher(StaticPolicy(4, 0.001), run, bound=8)
+    task = asyncio.create_task(b.run())
+    await asyncio.sleep(0.01)  # the loop is idle, waiting for an arrival
+    await asyncio.wait_for(b.put(list(range(50))), 5)
+    await asyncio.wait_for(b.drained(), 5)
+    task.cancel()
+    assert ran == list(range(50))
+
+
 async def test_adaptive_sends_a_lone_row_at_once_and_learns_the_run_time() -> None:
     service = ServiceModel((1, 2, 4, 8))
     for _ in range(10):

@@ -1,0 +1,138 @@
+"""Wires the Faust app: the worker's topics, its two loops, and its timers.
+
+Both topics are consumed as raw bytes and taken a whole fetch at a time
+(:mod:`streaming.worker.intake`): decoding happens inside the step, so bad
+input becomes a dead letter, not a crash, and no Faust machinery runs once per
+event. The events go through the :class:`~streaming.worker.loop.ScoreLoop`,
+the labels through the :class:`~streaming.worker.learn.LabelProcessor`; one
+:class:`~streaming.worker.publisher.Publisher` sends what both produce and
+acks their input messages once the broker has it, so Faust commits an offset
+only after its prediction (or dead letter) is on the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import faust
+
+from streaming.settings import Settings
+from streaming.worker import transport
+from streaming.worker.batcher import policy_for
+from streaming.worker.intake import register_batch_handler
+from streaming.worker.learn import LabelProcessor
+from streaming.worker.loop import ScoreLoop
+from streaming.worker.publisher import Publisher, ack_message
+from streaming.worker.records import InRecord
+from streaming.worker.runtime import Runtime
+from streaming.worker.score import ScoreProcessor
+
+__all__ = ["StreamingApp", "app_keywords", "create_app", "to_records"]
+
+log = logging.getLogger(__name__)
+
+
+class StreamingApp(faust.App):
+    """A Faust app that carries the consumer fetch wait for our transport, and drains the worker's
+    loops before its offsets are committed (on a rebalance and on a clean stop)."""
+
+    fetch_max_wait_ms: int = transport.DEFAULT_FETCH_MAX_WAIT_MS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drains: list[Callable[[], Awaitable[None]]] = []
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        for drain in self.drains:  # what was taken is scored, published and acked before the commit
+            await drain()
+        await super()._consumer_wait_empty(consumer, logger)
+
+
+def to_records(messages: Sequence[Any], offsets: dict[tuple[str, int], int]) -> list[InRecord]:
+    """InRecords of Faust messages, noting each partition's next offset to process in ``offsets``."""
+    now_us = time.time_ns() // 1000
+    out = []
+    for msg in messages:
+        ts = msg.timestamp
+        out.append(InRecord(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
+                            int(ts * 1000) if ts else None, now_us))
+    for msg in messages:
+        offsets[(msg.topic, msg.partition)] = msg.offset + 1
+    return out
+
+
+def app_keywords(s: Settings, bootstrap: str) -> dict[str, Any]:
+    """The ``faust.App`` keywords of our worker (also used by the benchmark's Faust apps, so they run alike)."""
+    return dict(
+        broker=f"{transport.SCHEME}://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=s.topic_partitions,
+        topic_allow_declare=False,
+        producer_linger=s.producer_linger_ms / 1000.0,
+        producer_acks=-1 if s.producer_acks == "all" else int(s.producer_acks),
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
+        broker_commit_interval=s.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        cython_optimizations=True,  # Faust's repaired Cython fast paths (less CPU per message)
+    )
+
+
+def create_app(rt: Runtime) -> StreamingApp:
+    s = rt.settings
+    app = StreamingApp(s.app_id, **app_keywords(s, rt.bootstrap))
+    app.fetch_max_wait_ms = s.consumer_fetch_max_wait_ms
+    events_topic, labels_topic = (app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                            value_serializer="raw") for name in (s.topic_events, s.topic_labels))
+    spec = rt.pipeline.batching
+    policy = policy_for(spec, rt.models.active, s.batch_policy)
+    log.info("inference batching: %s, max %d rows, budget %.1f ms, queue bound %d rows",
+             policy.name, policy.max_rows, spec.budget_ms, spec.queue_rows)
+    publisher = Publisher(app, rt.metrics, functools.partial(ack_message, app))
+    score = ScoreLoop(ScoreProcessor(rt), publisher, policy, rt.models, rt.metrics, queue_rows=spec.queue_rows,
+                      take_rows=s.batch_max_rows)
+    learner = LabelProcessor(rt)
+    offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> the next offset to process (consumer lag)
+
+    async def take_events(messages: list[Any]) -> None:
+        await score.take(to_records(messages, offsets), messages)
+
+    async def take_labels(messages: list[Any]) -> None:
+        publisher.check()
+        batch = await learner.process(to_records(messages, offsets))
+        await publisher.publish(batch.out, messages, [])  # acked once its records (if any) are on the broker
+
+    register_batch_handler(app, events_topic, take_events)
+    register_batch_handler(app, labels_topic, take_labels)
+    app.drains.append(score.drain)
+
+    @app.timer(interval=1.0)
+    async def watch_models() -> None:
+        await rt.models.refresh()  # loads and warms in the default thread pool, not the inference thread
+
+    @app.timer(interval=5.0)
+    async def consumer_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in (s.topic_events, s.topic_labels):
+                continue
+            done = offsets.get((tp.topic, tp.partition))
+            if done is None:
+                done = await consumer.position(tp) or 0
+            lag = max(0, consumer.highwater(tp) - done)
+            rt.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    @app.timer(interval=1.0)
+    async def loop_lag() -> None:
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.1)
+        rt.metrics.loop_lag.set(max(0.0, time.perf_counter() - t0 - 0.1))
+
+    return app

@@ -1,0 +1,103 @@
+"""Whole consumer fetches to a handler, instead of one Faust event per message.
+
+Faust's consumer hands each fetched message to the conductor one at a time: per message, a
+``wait_first`` (two tasks and an ``asyncio.wait``), a lock, an ``Event``, a channel queue, and the
+stream's iteration. On a worker that scores micro-batches that machinery cost more CPU than the
+scoring itself (docs/benchmarks.md, "Worker CPU per event"). The worker therefore registers a
+*batch handler* for the events and labels topics (:func:`register_batch_handler`): the drain loop
+below gives it every message of those topics that one fetch returned, as one list, and it keeps
+Faust's per-message path for every other topic.
+
+What stays Faust's: the consumer group, partition assignment and rebalances (the drain stops when
+the flow stops and skips partitions that are no longer active), offsets and commits: each message
+is tracked (``Consumer.track_message``) before the handler gets it and acked on the consumer
+(``Consumer.ack``) once its output is on the broker, so Faust commits only acknowledged offsets
+and waits for them on a rebalance or a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+
+__all__ = ["BatchDrain", "BatchHandler", "register_batch_handler"]
+
+#: gets every message of its topic one fetch returned (all partitions, offset order within each)
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
+
+
+def register_batch_handler(app: faust.App, topic: faust.TopicT, handler: BatchHandler) -> None:
+    """Subscribe the worker to ``topic`` and deliver its messages to ``handler`` a fetch at a time."""
+    app.topics.add(topic)  # the conductor subscribes to it and enables acks; no stream reads it
+    handlers: dict[str, BatchHandler] = app.__dict__.setdefault("batch_handlers", {})
+    for name in topic.topics:
+        handlers[name] = handler
+
+
+class BatchDrain:
+    """A mixin for a ``faust.transport.consumer.Consumer``: the drain loop with batch handlers."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs inside Faust's Fetcher
+        handlers: dict[str, BatchHandler] = getattr(self.app, "batch_handlers", {})  # type: ignore[attr-defined]
+        if not handlers:
+            await super()._drain_messages(fetcher)  # type: ignore[misc]
+            return
+        me: Any = self
+        fetcher_stopped = fetcher._stopped.is_set
+        to_message = me._to_message
+        track = me.track_message
+        callback = me.callback
+        read_offset = me._read_offset
+        try:
+            while not (me._stopped.is_set() or fetcher_stopped()):
+                records, active = await me._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if not records or me.should_stop:
+                    continue
+                if not me.flow_active:  # a rebalance began while fetching: back to the committed offsets
+                    await me.perform_seek()
+                    continue
+                generation = me.app.consumer_generation_id
+                batches: dict[BatchHandler, list[Any]] = {}
+                read: dict[Any, int] = {}
+                for tp, recs in records.items():
+                    if active is not None and tp not in active and tp not in me._buffered_partitions:
+                        continue
+                    last = read_offset[tp]
+                    handler = handlers.get(tp.topic)
+                    if handler is None:  # not ours: Faust's per-message path
+                        for rec in recs:
+                            if last is None or rec.offset >= last:
+                                await me.wait_first(callback(to_message(tp, rec)), me.suspend_flow.wait())
+                                read_offset[tp] = last = rec.offset
+                        continue
+                    out = batches.setdefault(handler, [])
+                    for rec in recs:
+                        if last is not None and rec.offset < last:
+                            continue  # already read (a fetch that overlapped a seek)
+                        if last is not None and rec.offset - last > 1:
+                            await me._add_gap(tp, last + 1, rec.offset)  # offsets missing in the log
+                        out.append(to_message(tp, rec))
+                        last = rec.offset
+                    if last is not None:
+                        read[tp] = last
+                    me.app.monitor.track_tp_end_offset(tp, me.highwater(tp))
+                if me.app.consumer_generation_id != generation:
+                    continue  # a rebalance during this fetch: nothing taken, the new assignment re-reads it
+                read_offset.update(read)
+                for handler, msgs in batches.items():
+                    if msgs:
+                        for msg in msgs:
+                            track(msg)  # pending until the handler's ack: commits wait for it
+                        await me.wait_first(handler(msgs), me.suspend_flow.wait())
+        except me.consumer_stopped_errors:
+            if me.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if me.transport.app.should_stop:
+                return
+            raise
