@@ -114,6 +114,15 @@ class OnnxModel:
             out = np.asarray(self.session.run([self.output_name], {self.input_name: pad(X, bucket)})[0])[:n]
         return out[:, 1] if out.ndim == 2 and out.shape[1] == 2 else out.reshape(-1)
 
+    def runs_inline(self, rows: int, *, below_s: float = 0.0005) -> bool:
+        """Whether a batch of ``rows`` is cheap enough to run on the caller's thread: a CPU session whose
+        warm-up runs of that bucket took under ``below_s`` at the median. Handing such a batch to an
+        inference thread costs more than running it (a thread wake-up and a GIL round trip per batch)."""
+        if self.provider != "CPUExecutionProvider" or rows > self.buckets[-1]:
+            return False
+        times = self.warmup_s.get(bucket_for(max(rows, 1), self.buckets))
+        return bool(times) and sorted(times)[len(times) // 2] < below_s  # type: ignore[arg-type]
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """P(positive) for each row of ``X`` (any number of rows; padded to buckets)."""
         X = np.ascontiguousarray(X, dtype=np.float32)

@@ -123,6 +123,10 @@ class ScoreProcessor:
                 delay = min(delay * 2, self.max_backoff_s)
 
     async def _predict(self, model: OnnxModel, X: np.ndarray) -> np.ndarray:
+        """The model's scores: on the event loop when the batch is cheap (:meth:`OnnxModel.runs_inline`),
+        else on the inference thread (ONNX Runtime releases the GIL: the loop goes on with Kafka I/O)."""
+        if model.runs_inline(len(X)):
+            return self._timed(model, X)
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._timed, model, X)
 
     def _timed(self, model: OnnxModel, X: np.ndarray) -> np.ndarray:
