@@ -14,7 +14,9 @@ Two kinds of output can be matched:
   unchanged, or the generator's own topic read back): only the id, so no stage breakdown.
 
 The parent sees how many event ids have arrived (a shared counter, for progress and draining)
-and, after :meth:`ReaderProcess.stop`, gets :class:`ReadResult` back through a pipe.
+and, after :meth:`ReaderProcess.stop`, gets :class:`ReadResult` back through a pipe, with the
+consumer's librdkafka statistics samples (its fetch requests over time, every
+:data:`STATS_INTERVAL_MS`; :mod:`streaming.observability.kafka_requests`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import struct
 import time
+import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventT
@@ -29,8 +32,12 @@ from typing import Any
 
 from streaming.errors import UserError
 from streaming.events.codec import MAGIC, Codec, DecodeError
+from streaming.observability.kafka_requests import Sample, StatsSamples
 
-__all__ = ["ReaderProcess", "ReadResult", "MATCH_MODES", "STAGE_FIELDS", "first_string_field"]
+__all__ = ["ReaderProcess", "ReadResult", "MATCH_MODES", "STAGE_FIELDS", "STATS_INTERVAL_MS", "first_string_field"]
+
+#: how often the load test's librdkafka clients (generator, reader) report statistics (their request counts)
+STATS_INTERVAL_MS = 100
 
 MATCH_MODES = ("prediction", "event")
 #: the prediction's timestamps the stage breakdown needs, in this order
@@ -46,6 +53,7 @@ class ReadResult:
     duplicates: int = 0
     undecodable: int = 0
     records: int = 0
+    request_samples: list[Sample] = field(default_factory=list)  # the consumer's librdkafka statistics
 
 
 def first_string_field(data: bytes) -> str | None:
@@ -104,10 +112,9 @@ class _Ids:
 def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str, match: str, count_prefix: str,
           ready: EventT, stop: EventT, count: Any, conn: Connection) -> None:
     """The child's main: read until ``stop``, then send the :class:`ReadResult` through ``conn``."""
-    from streaming.events.reader import TopicReader
-
     ids = _Ids(codec, subject, id_field)
-    reader = TopicReader(bootstrap, topic, from_beginning=True, fetch_wait_ms=5)
+    stats = StatsSamples()
+    reader = _Consumer(bootstrap, topic, fetch_wait_ms=5, stats_cb=stats.callback)
     ready.set()
     kept: dict[str, tuple[int, bytes | None]] = {}
     seen: dict[str, int] = {}
@@ -134,7 +141,8 @@ def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str,
                 seen[eid] = c + 1
         count.value = counted
     reader.close()
-    out = ReadResult(duplicates=sum(c - 1 for c in seen.values()), undecodable=undecodable, records=records)
+    out = ReadResult(duplicates=sum(c - 1 for c in seen.values()), undecodable=undecodable, records=records,
+                     request_samples=stats.samples())
     for eid, (recv, value) in kept.items():
         stages: tuple[int, ...] | None = None
         if match == "prediction":
@@ -147,6 +155,34 @@ def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str,
         out.first[eid] = (recv, stages)
     conn.send(out)
     conn.close()
+
+
+class _Consumer:
+    """Every partition of ``topic`` from the beginning, ``assign()`` (as :class:`streaming.events.reader.TopicReader`
+    reads), with librdkafka statistics every :data:`STATS_INTERVAL_MS` to ``stats_cb``."""
+
+    def __init__(self, bootstrap: str, topic: str, *, fetch_wait_ms: int, stats_cb: Any) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms, "fetch.min.bytes": 1,
+            "log.connection.close": False, "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": stats_cb,
+        })
+        try:
+            meta = self._consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            raise UserError(f"cannot read topic {topic} from {bootstrap}: {exc.args[0]}") from None
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            raise UserError(f"topic {topic} does not exist on {bootstrap}")
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(tmeta.partitions)])
+
+    def poll(self, timeout: float) -> list[Any]:
+        return [m for m in self._consumer.consume(1000, timeout) if m.error() is None]
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 class ReaderProcess:

@@ -65,13 +65,15 @@ def write_report(out: Path, result: LoadResult, summary: dict[str, Any], title: 
     fig.savefig(out / "rate_and_batch.png", dpi=100)
     plt.close(fig)
 
-    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "stages_ms")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k not in ("stages_ms", "verdict_text"))
     stages = "\n".join(f"| {k} | {v['p50']} | {v['p99']} |" for k, v in summary.get("stages_ms", {}).items())
     verdict = "PASS" if summary["slo_pass"] else "FAIL"
     text = f"""# {title}
 
 **Verdict: {verdict}** (p99 {summary['p99_ms']} ms from intended send time vs SLO {slo:g} ms; achieved
 {summary['achieved_rate']} of {summary['target_rate']} events/s; missing {summary['missing']}).
+
+{summary.get('verdict_text', '')}
 
 | figure | value |
 | --- | --- |

@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 from confluent_kafka import Producer
 from tqdm import tqdm
 
 from loadtest.reconcile import scrape_buckets, worker_view
 from loadtest.report import plot_capacity, write_report
-from loadtest.runner import cpu_seconds, run_load
+from loadtest.runner import RequestProbe, SampleSource, cpu_seconds, run_load
 from loadtest.schedule import Phase, schedule
+from loadtest.verdict import verdict_text
 from streaming.demo import count_records
 from streaming.errors import UserError
 from streaming.events.producer import entity_key
@@ -28,15 +30,17 @@ from streaming.events.topics import ensure_topics
 from streaming.features.store import drop_namespace
 from streaming.infra.processes import free_port
 from streaming.infra.stack import Stack, StackState, check_broker, resolve_endpoints
+from streaming.observability.kafka_requests import Sample, StatsSamples, scrape_counts
 from streaming.settings import Settings
 from streaming.synthetic.registry import generator_for
 from streaming.worker.process import WorkerProcess
 from streaming.worker.runtime import load_components
 
-__all__ = ["LoadSession", "Target", "System", "capacity_search", "CURVE_KEYS"]
+__all__ = ["LoadSession", "Target", "System", "capacity_search", "CURVE_KEYS", "read_stats_log"]
 
 #: what a capacity curve keeps of each step
-CURVE_KEYS = ("rate", "target_rate", "achieved_rate", "p50_ms", "p99_ms", "p999_ms", "missing", "slo_pass")
+CURVE_KEYS = ("rate", "target_rate", "achieved_rate", "sustained_rate", "p50_ms", "p99_ms", "p999_ms", "missing",
+              "slo_pass", "cpu_us_per_event", "broker_requests_per_event")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class Target:
     (records of the event schema: a forwarder's pass-through, or ``events_topic`` itself read back).
     ``warm_up``: before the measured schedule, send one event and wait until something comes out
     (the system has its partitions and its first record went through).
+    ``request_urls``: role -> a ``/metrics`` URL serving ``streaming_kafka_requests_total`` (aiokafka
+    clients), scraped just before the first send and just after the last; ``request_logs``: role -> a
+    JSON-lines file of librdkafka statistics samples (:func:`read_stats_log`), read after the run.
     """
 
     events_topic: str
@@ -57,6 +64,9 @@ class Target:
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid, whose CPU use the run reports
     check: Callable[[], None] | None = None  # raises when the system died (called while warming up)
     metrics_url: str | None = None  # our worker's /metrics: its own e2e histogram is reported beside ours
+    name: str = "worker"  # the system, as the verdict names it
+    request_urls: dict[str, str] = field(default_factory=dict)
+    request_logs: dict[str, Path] = field(default_factory=dict)
 
 
 #: starts a system on fresh topics for one run and stops it after (a context manager factory)
@@ -70,17 +80,52 @@ def _scrape_buckets(url: str | None) -> dict[float, float] | None:
         return None
 
 
+def _scrape_counts(url: str) -> dict[str, float] | None:
+    try:
+        return scrape_counts(url)
+    except OSError:
+        return None
+
+
+def read_stats_log(path: Path) -> list[Sample]:
+    """Samples from a JSON-lines file of librdkafka statistics, one object a line with ``t`` (wall-clock s when
+    received), ``ts`` (librdkafka's µs clock), ``name`` (client handle), ``produce`` and ``fetch`` (cumulative);
+    a line being written (or anything unreadable) is skipped. The Quix peer writes one (quix_forward.py)."""
+    samples = StatsSamples()
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            d = orjson.loads(line)
+            samples.add_counts(float(d["t"]), float(d["ts"]), str(d["name"]),
+                               {"produce": float(d["produce"]), "fetch": float(d["fetch"])})
+        except (ValueError, KeyError, TypeError):
+            continue
+    return samples.samples()
+
+
 def capacity_search(probe: Callable[[float], bool], *, start_rate: float, max_rate: float,
-                    refine: int = 2, factor: float = 1.5) -> tuple[float, float | None]:
+                    refine: int = 2, factor: float = 1.5, min_rate: float | None = None) -> tuple[float, float | None]:
     """MLPerf-server style: multiply the rate by ``factor`` from ``start_rate`` until a step fails, then bisect ``refine`` times.
 
-    Returns (the highest passing rate or 0, the lowest failing rate or None when none failed).
+    When the first step fails, the search goes down instead: it divides the rate by ``factor`` until a
+    step passes (not below ``min_rate``, by default ``start_rate / factor**4`` but at least 1 event/s),
+    then bisects between that rate and the last failing one.
+
+    Returns (the highest passing rate or 0 when none passed, the lowest failing rate or None when none failed).
 
     >>> capacity_search(lambda r: r <= 3000, start_rate=1000, max_rate=50000)
     (2812.5, 3093.75)
     >>> capacity_search(lambda r: True, start_rate=100, max_rate=200)
     (150.0, None)
+    >>> capacity_search(lambda r: r <= 300, start_rate=1000, max_rate=50000, factor=2)  # 1000, 500 fail; 250 passes
+    (250.0, 312.5)
+    >>> capacity_search(lambda r: False, start_rate=100, max_rate=1000, factor=2)  # 100, 50, 25, 12.5, 6.25: all fail
+    (0.0, 6.25)
     """
+    floor = max(1.0, start_rate / factor**4) if min_rate is None else min_rate
     good, bad = 0.0, None
     rate = start_rate
     while rate <= max_rate:
@@ -89,8 +134,15 @@ def capacity_search(probe: Callable[[float], bool], *, start_rate: float, max_ra
         else:
             bad = rate
             break
-    for _ in range(refine if bad is not None else 0):
-        mid = (good + bad) / 2 if good else bad / 2  # type: ignore[operator]
+    if bad is not None and not good:  # the first step failed: search downward
+        rate = bad / factor
+        while rate >= floor * (1 - 1e-9):
+            if probe(rate):
+                good = rate
+                break
+            bad, rate = rate, rate / factor
+    for _ in range(refine if bad is not None and good else 0):
+        mid = (good + bad) / 2  # type: ignore[operator]
         if probe(mid):
             good = mid
         else:
@@ -105,9 +157,10 @@ class LoadSession:
     (docs/benchmarks.md), so runs must not inherit earlier runs' data.
     """
 
-    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, say: Callable[[str], None], *, cpu_share: float | None = None) -> None:
         self.settings = settings
         self.say = say
+        self.cpu_share = cpu_share  # recorded in every summary (the caller runs the session under it)
         _, self.codec, self.pipeline = load_components(settings)
         self._stack: Stack | None = None
 
@@ -160,9 +213,10 @@ class LoadSession:
     def worker_target(self) -> Iterator[Target]:
         """Our worker on the pipeline (fresh topics, a fresh worker): the default system of a run."""
         with self.worker() as env:
+            url = f"http://127.0.0.1:{env['STREAMING_METRICS_PORT']}/metrics"
             yield Target(env["STREAMING_TOPIC_EVENTS"], env["STREAMING_TOPIC_PREDICTIONS"], "prediction",
                          env["STREAMING_TOPIC_DLQ"], pids={"worker": int(env["_WORKER_PID"])},
-                         metrics_url=f"http://127.0.0.1:{env['STREAMING_METRICS_PORT']}/metrics")
+                         metrics_url=url, name="worker", request_urls={"worker": url})
 
     def cpu_clocks(self, pids: dict[str, int]) -> dict[str, Callable[[], float | None]]:
         """CPU-seconds clocks for a run: the embedded broker (when this machine runs it), Redis (its
@@ -228,11 +282,16 @@ class LoadSession:
                 bar.set_postfix_str(f"received {got}")
 
             started_ms = int(time.time() * 1000)
+            probes: dict[str, RequestProbe] = {k: functools.partial(_scrape_counts, url)
+                                               for k, url in tgt.request_urls.items()}
+            sources: dict[str, SampleSource] = {k: functools.partial(read_stats_log, path)
+                                                for k, path in tgt.request_logs.items()}
             result = run_load(bootstrap=self.bootstrap, events_topic=tgt.events_topic,
                               predictions_topic=tgt.output_topic, pipeline=self.pipeline,
                               codec=self.codec, offsets=offsets, target_rate=target, linger_ms=linger_ms,
                               seed=seed, match=tgt.match, progress=progress, drain_s=drain_s,
-                              cpu_clocks=self.cpu_clocks(tgt.pids))
+                              cpu_clocks=self.cpu_clocks(tgt.pids), request_probes=probes,
+                              request_samples=sources)
             bar.close()
             if tgt.dlq_topic:
                 result.dead_letters = count_records(self.bootstrap, tgt.dlq_topic, started_ms)
@@ -245,8 +304,10 @@ class LoadSession:
         summary = result.summary(slo_p99_ms)
         if view is not None:
             summary["worker_histogram"] = view
-        summary.update({"profile": profile, "duration_s": duration_s, "generator_linger_ms": linger_ms,
-                        "partitions": self.settings.topic_partitions})
+        summary.update({"system": tgt.name, "profile": profile, "duration_s": duration_s,
+                        "generator_linger_ms": linger_ms, "partitions": self.settings.topic_partitions,
+                        "cpu_share": self.cpu_share})
+        summary["verdict_text"] = verdict_text(summary)
         if report_dir is not None:
             path = write_report(report_dir, result, summary, f"Load test: {profile} at {target:,.0f} events/s")
             summary["report"] = str(path)
@@ -278,7 +339,8 @@ class LoadSession:
             "max_rate_at_slo": round(good, 1),
             "first_failing_rate": None if bad is None else round(bad, 1),
             "step_duration_s": step_s,
-            "curve": [{k: c[k] for k in CURVE_KEYS} for c in curve],
+            "cpu_share": self.cpu_share,
+            "curve": [{k: c.get(k) for k in CURVE_KEYS} for c in curve],
         }
         if keep_steps:
             out["steps"] = curve

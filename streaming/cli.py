@@ -6,10 +6,11 @@ problem the user can fix is one ``error:`` line and a non-zero exit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +47,44 @@ def _text(value: str | bytes | None) -> str:
 
 def _settings() -> Settings:
     return Settings.from_env()
+
+
+def _check_share(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    if value is None:
+        return None
+    from streaming.infra.cpushare import check_share
+
+    try:
+        return check_share(value)
+    except UserError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+#: ``--cpu-share S``: the whole run on a fraction of the machine (streaming/infra/cpushare.py)
+_cpu_share_option = click.option(
+    "--cpu-share", "cpu_share", type=float, default=None, callback=_check_share, metavar="S",
+    help="Run everything (this command, the broker, Redis, the worker, the generator) on this fraction of the "
+         "machine's CPU, 0 < S <= 1: a cgroup CPU quota they share (needs root and cgroup v1).")
+
+
+@contextlib.contextmanager
+def _cpu_share(share: float | None, settings: Settings, say: Callable[[str], None]) -> Iterator[Any]:
+    """The command's whole run under ``share`` (None: unchanged); a stack already up joins the group."""
+    if share is None:
+        yield None
+        return
+    from loadtest.share import join_stack
+    from streaming.infra.cpushare import cpu_share
+
+    with cpu_share(share, say=say) as group:
+        if added := join_stack(group, settings):
+            say(f"cpu share: the running stack joined the group (pids {', '.join(map(str, added))})")
+        yield group
+
+
+def _share_fields(share: float | None, group: Any) -> dict[str, Any]:
+    """What every JSON output records of ``--cpu-share``."""
+    return {"cpu_share": share, **({"cpu_throttled": group.throttled()} if group is not None else {})}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -385,12 +424,20 @@ def bench_batching(quick: bool, out_dir: Path, provider: str, as_json: bool) -> 
               help="Report directory (default: reports/bench-pipeline-<time>/).")
 @click.option("--quix-venv", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The Quix Streams venv (default .streaming/bench-venvs/quix; created when missing).")
+@click.option("--cost-rates", default="400,2000", show_default=True, metavar="R1,R2,...",
+              help="Fixed rates at which faust_forward, quix_forward and worker are measured for CPU and broker "
+                   "requests per event ('' for none).")
+@click.option("--floor-rate", type=click.FloatRange(min=0), default=25.0, show_default=True,
+              help="Rate of the one latency-floor step per system (0: none).")
+@_cpu_share_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @_friendly
 def bench_pipeline(quick: bool, slo_p99_ms: float | None, step_duration: float | None, systems: str,
                    max_rate: float | None, start_rates: tuple[str, ...], report_dir: Path | None,
-                   quix_venv: Path | None, as_json: bool) -> None:
-    """Capacity at the SLO of a bare broker, a Faust and a Quix forwarder, a naive worker and ours (docs/loadtest.md)."""
+                   quix_venv: Path | None, cost_rates: str, floor_rate: float, cpu_share: float | None,
+                   as_json: bool) -> None:
+    """Capacity at the SLO of a bare broker, a Faust and a Quix forwarder, a naive worker and ours, their cost per
+    event at fixed rates and their latency floor (docs/loadtest.md)."""
     from streaming.bench.pipeline import SYSTEMS, run_pipeline_bench
     from streaming.bench.pipeline.quixenv import default_venv
 
@@ -405,10 +452,21 @@ def bench_pipeline(quick: bool, slo_p99_ms: float | None, step_duration: float |
             starts[name.strip()] = float(rate)
         except ValueError:
             raise UserError(f"bad --start-rate {item!r}: use SYSTEM=RATE") from None
+    try:
+        rates = [float(r) for r in cost_rates.split(",") if r.strip()]
+    except ValueError:
+        raise UserError(f"bad --cost-rates {cost_rates!r}: use comma-separated events/s, e.g. 400,2000") from None
+    if any(r <= 0 for r in rates):
+        raise UserError(f"bad --cost-rates {cost_rates!r}: every rate must be above 0")
     out = report_dir or Path("reports") / time.strftime("bench-pipeline-%Y%m%d-%H%M%S")
-    result = run_pipeline_bench(_settings(), quick=quick, slo_p99_ms=slo_p99_ms, step_s=step_duration, systems=names,
-                                max_rate=max_rate, start_rates=starts, report_dir=out,
-                                quix_venv=quix_venv or default_venv(), say=lambda m: click.echo(m, err=True))
+    s = _settings()
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    with _cpu_share(cpu_share, s, say) as group:
+        result = run_pipeline_bench(s, quick=quick, slo_p99_ms=slo_p99_ms, step_s=step_duration, systems=names,
+                                    max_rate=max_rate, start_rates=starts, report_dir=out,
+                                    quix_venv=quix_venv or default_venv(), say=say, cost_rates=rates,
+                                    floor_rate=floor_rate or None, cpu_share=cpu_share)
+        result.update(_share_fields(cpu_share, group))
     click.echo(f"report: {result['report']}", err=True)
     _emit(result, as_json)
 
@@ -435,13 +493,14 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 @click.option("--linger-ms", type=float, default=20.0, show_default=True, help="Generator producer linger.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (default: reports/loadtest-<time>/).")
+@_cpu_share_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.pass_context
 @_friendly
 def loadtest(ctx: click.Context, profile: str, rate: float, duration: float, steps: str, burst_every: float,
              burst_size: int, replay_file: Path | None, slo_p99_ms: float | None, linger_ms: float,
-             report_dir: Path | None, as_json: bool) -> None:
-    """Open-loop load test against a fresh worker on fresh topics; exits 1 when the SLO is violated."""
+             report_dir: Path | None, cpu_share: float | None, as_json: bool) -> None:
+    """Open-loop load test against a fresh worker on fresh topics; exits 1 when the SLO is violated (and says why)."""
     if ctx.invoked_subcommand is not None:
         return
     from loadtest.schedule import parse_steps, replay_offsets
@@ -457,15 +516,16 @@ def loadtest(ctx: click.Context, profile: str, rate: float, duration: float, ste
         raise UserError("--profile step needs --steps RATE:SECONDS,...")
     if profile == "replay" and replay_file is None:
         raise UserError("--profile replay needs --replay FILE")
-    with LoadSession(s, say) as session:
+    with _cpu_share(cpu_share, s, say) as group, LoadSession(s, say, cpu_share=cpu_share) as session:
         replay = replay_offsets(replay_file, session.pipeline.event.time_field) if replay_file else None
         slo = slo_p99_ms or session.pipeline.slo_p99_ms
         out = report_dir or Path("reports") / time.strftime("loadtest-%Y%m%d-%H%M%S")
         result = session.run(profile=profile, rate=rate, duration_s=duration, slo_p99_ms=slo, linger_ms=linger_ms,
                              steps=phases, replay=replay, report_dir=out)
-    say(f"{'PASS' if result['slo_pass'] else 'FAIL'}: p99 {result['p99_ms']} ms (SLO {slo:g} ms), "
-        f"achieved {result['achieved_rate']}/{result['target_rate']:.0f} events/s, missing {result['missing']}, "
-        f"duplicates {result['duplicates']}; report {result['report']}")
+        result.update(_share_fields(cpu_share, group))
+    say(result["verdict_text"])
+    say(f"p99 {result['p99_ms']} ms (SLO {slo:g} ms), achieved {result['achieved_rate']}/{result['target_rate']:.0f} "
+        f"events/s, missing {result['missing']}, duplicates {result['duplicates']}; report {result['report']}")
     _emit(result, as_json)
     sys.exit(0 if result["slo_pass"] else 1)
 
@@ -476,20 +536,23 @@ def loadtest(ctx: click.Context, profile: str, rate: float, duration: float, ste
 @click.option("--start-rate", type=float, default=1000.0, show_default=True)
 @click.option("--max-rate", type=float, default=50000.0, show_default=True)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@_cpu_share_option
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
 def loadtest_capacity(slo_p99_ms: float | None, step_duration: float, start_rate: float, max_rate: float,
-                      report_dir: Path | None, as_json: bool) -> None:
-    """Highest Poisson rate whose p99 stays within the SLO (each step on fresh topics and a fresh worker)."""
+                      report_dir: Path | None, cpu_share: float | None, as_json: bool) -> None:
+    """Highest Poisson rate whose p99 stays within the SLO (each step on fresh topics and a fresh worker); searches
+    downward when the first step fails."""
     from loadtest.session import LoadSession
 
     s = _settings()
     say = lambda m: click.echo(m, err=True)  # noqa: E731
-    with LoadSession(s, say) as session:
+    with _cpu_share(cpu_share, s, say) as group, LoadSession(s, say, cpu_share=cpu_share) as session:
         slo = slo_p99_ms or session.pipeline.slo_p99_ms
         out = report_dir or Path("reports") / time.strftime("capacity-%Y%m%d-%H%M%S")
         result = session.capacity(slo_p99_ms=slo, step_s=step_duration, start_rate=start_rate, max_rate=max_rate,
                                   report_dir=out)
+        result.update(_share_fields(cpu_share, group))
     say(f"max rate at p99 <= {slo:g} ms: {result['max_rate_at_slo']:,.0f} events/s")
     _emit(result, as_json)
 
@@ -504,13 +567,15 @@ def loadtest_capacity(slo_p99_ms: float | None, step_duration: float, start_rate
               help="The event generator's producer linger (the labels' is 100 ms).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the summary (default: <run_dir>/demo-summary.json and .txt).")
+@_cpu_share_option
 @_friendly
-def demo(rate: float, duration: float, label_delay: float, seed: int, linger_ms: float, report: Path | None) -> None:
+def demo(rate: float, duration: float, label_delay: float, seed: int, linger_ms: float, report: Path | None,
+         cpu_share: float | None) -> None:
     """Run everything: stack, model, worker, a minute of events with drift half-way, and a summary."""
     from streaming.demo import run_demo
 
     ok = run_demo(_settings(), rate=rate, duration=duration, label_delay=label_delay, seed=seed, report=report,
-                  linger_ms=linger_ms)
+                  linger_ms=linger_ms, cpu_share=cpu_share)
     sys.exit(0 if ok else 1)
 
 

@@ -83,7 +83,22 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: float, seed: int,
-             report: Path | None = None, linger_ms: float = EVENT_LINGER_MS) -> bool:
+             report: Path | None = None, linger_ms: float = EVENT_LINGER_MS, cpu_share: float | None = None) -> bool:
+    """The demo; with ``cpu_share`` all of it (and a stack already up) runs on that fraction of the machine
+    (:mod:`streaming.infra.cpushare`), recorded in the summary."""
+    from streaming.infra.cpushare import cpu_share as share_group
+
+    with share_group(cpu_share, say=lambda m: tqdm.write(f"demo: {m}")) as group:
+        if group is not None:
+            from loadtest.share import join_stack
+
+            join_stack(group, settings)
+        return _run_demo(settings, rate=rate, duration=duration, label_delay=label_delay, seed=seed, report=report,
+                         linger_ms=linger_ms, cpu_share=cpu_share)
+
+
+def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: float, seed: int,
+              report: Path | None, linger_ms: float, cpu_share: float | None) -> bool:
     # Ctrl-C and SIGTERM stop everything the demo started (even when SIGINT was ignored on entry)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -190,6 +205,7 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
             "generator_lag_ms": round(stats.lag_s * 1000, 1),
             "generator_linger_ms": linger_ms,
             "model_version": active.version,
+            "cpu_share": cpu_share,
         }
         ok = complete and not missing and summary["dead_letters"] == len(BAD_RECORDS)
         summary["ok"] = ok

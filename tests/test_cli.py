@@ -94,3 +94,38 @@ def test_demo_refuses_a_negative_linger() -> None:
     assert done.returncode == 2
     assert "--linger-ms" in done.stderr and "-1.0 is not in the range x>=0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [["demo"], ["loadtest"], ["loadtest", "capacity"], ["bench", "pipeline"]])
+@pytest.mark.parametrize("share", ["0", "1.5", "-0.2", "nan"])
+def test_cpu_share_outside_0_1_is_refused_before_anything_starts(args: list[str], share: str) -> None:
+    from click.testing import CliRunner
+
+    from streaming.cli import cli
+
+    done = CliRunner().invoke(cli, [*args, "--cpu-share", share], env={"STREAMING_BROKER_URL": "127.0.0.1:1"})
+    assert done.exit_code == 2, done.output
+    assert "Invalid value for '--cpu-share'" in done.output
+    assert "must be a fraction of the machine in (0, 1]" in done.output
+    assert "Traceback" not in done.output
+
+
+def test_cpu_share_is_offered_by_the_commands_that_run_load() -> None:
+    from click.testing import CliRunner
+
+    from streaming.cli import cli
+
+    for args in (["demo"], ["loadtest"], ["loadtest", "capacity"], ["bench", "pipeline"]):
+        done = CliRunner().invoke(cli, [*args, "--help"])
+        assert done.exit_code == 0 and "--cpu-share S" in done.output, args
+    done = CliRunner().invoke(cli, ["bench", "pipeline", "--help"])
+    assert "--cost-rates" in done.output and "--floor-rate" in done.output
+
+
+def test_bench_pipeline_refuses_bad_cost_rates() -> None:
+    from click.testing import CliRunner
+
+    from streaming.cli import cli
+
+    done = CliRunner().invoke(cli, ["bench", "pipeline", "--cost-rates", "400,lots"])
+    assert done.exit_code == 2 and "error: bad --cost-rates '400,lots'" in done.output, done.output

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streaming.observability import kafka_requests
+
 __all__ = ["Metrics", "latency_buckets"]
 
 _BASE_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -89,3 +91,7 @@ class Metrics:
             "streaming_retrain_requests", "Retrain requests published.", ["model", "monitor"], registry=r
         )
         self.deadletters = Counter("streaming_deadletter", "Dead letters by stage.", ["reason"], registry=r)
+        # the process's aiokafka requests by API (streaming_kafka_requests_total): one counter per process, in
+        # the default registry where the transport's wrapper counts them, served from this registry too
+        kafka_requests.register(r)
+        self.kafka_requests = kafka_requests.REQUESTS

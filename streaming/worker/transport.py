@@ -16,6 +16,9 @@ import aiokafka
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streaming.observability import kafka_requests
+from streaming.worker.intake import BatchDrain
+
 __all__ = ["Transport", "Consumer", "ConsumerThread", "SCHEME", "DEFAULT_FETCH_MAX_WAIT_MS"]
 
 SCHEME = "streaming"
@@ -29,7 +32,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class Consumer(faust_aiokafka.Consumer):
+class Consumer(BatchDrain, faust_aiokafka.Consumer):
+    """aiokafka's Faust consumer with our fetch wait, and whole fetches to batch handlers (:mod:`streaming.worker.intake`)."""
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -39,3 +44,4 @@ class Transport(faust_aiokafka.Transport):
 
 
 TRANSPORTS.aliases.setdefault(SCHEME, f"{__name__}:Transport")
+kafka_requests.install()  # every process on this transport counts its broker requests (streaming_kafka_requests_total)

@@ -50,6 +50,15 @@ def test_each_system_forwards_every_event(session: LoadSession, name: str) -> No
     # (the broker's too when the session's stack started it; here the test session's stack did)
     assert {"redis", "load_generator", "load_reader"} <= set(s["cpu_pct"])
     assert (name in s["cpu_pct"]) == (name != "bare_broker")
+    # cost per event: CPU per process, broker requests per client (librdkafka statistics for the generator and
+    # the reader; the Faust peers and our worker from their /metrics, the Quix peer from its statistics file)
+    assert set(s["cpu_us_per_event"]) == set(s["cpu_pct"])
+    req = s["broker_requests_per_event"]
+    assert req["load_generator"]["produce"] > 0 and req["load_generator"]["fetch"] == 0
+    assert req["load_reader"]["fetch"] > 0 and req["load_reader"]["produce"] == 0
+    if name != "bare_broker":
+        assert req[name]["produce"] > 0 and req[name]["fetch"] > 0
+    assert s["system"] == name and s["verdict_text"].startswith("PASS: ")
 
 
 def test_quix_script_imports_nothing_of_ours_and_maps_the_settings() -> None:
@@ -89,3 +98,34 @@ def test_report_has_the_table_and_the_plot(tmp_path: Path) -> None:
     assert "| worker | **100** | 20.0 | 150/s: p99 80.0 ms" in text
     assert "| worker_over_naive | 2.00 |" in text
     assert (tmp_path / "pipeline_capacity.png").stat().st_size > 0
+    assert "## Cost per event" not in text and "## Latency floor" not in text  # none measured
+
+
+def test_report_has_the_cost_and_the_floor(tmp_path: Path) -> None:
+    from streaming.bench.pipeline.bench import cpu_ratio
+
+    entry = {"p50_ms": 9.0, "p99_ms": 21.0, "missing": 0, "slo_pass": True, "achieved_rate": 400.0,
+             "cpu_pct": {"worker": 12.0, "broker": 8.0}, "cpu_us_per_event": {"worker": 300.0, "broker": 200.0},
+             "broker_requests_per_event": {"worker": {"produce": 0.05, "fetch": 0.5}}}
+    ff = {**entry, "cpu_pct": {"faust_forward": 5.0}, "cpu_us_per_event": {"faust_forward": 120.0}}
+    cost = {"faust_forward": {"400": ff}, "worker": {"400": entry}}
+    step = {"rate": 100.0, "achieved_rate": 99.0, "p50_ms": 10.0, "p99_ms": 20.0, "missing": 0,
+            "generator_lag_max_ms": 1.0, "slo_pass": True, "verdict": "pass", "cpu_pct": {"worker": 5.0},
+            "cpu_us_per_event": {"worker": 500.0}, "broker_requests_per_event": {"worker": {"produce": 0.1, "fetch": 2}}}
+    result = {"bench": "pipeline", "minutes": 1.0, "cost": cost,
+              "worker_over_faust_forward_cpu": cpu_ratio(cost, "worker", "faust_forward"),
+              "floor": {"bare_broker": {"rate": 25.0, "p50_ms": 4.0, "p99_ms": 7.5, "missing": 0},
+                        "worker": {"rate": 25.0, "p50_ms": 11.0, "p99_ms": 19.0, "missing": 0}},
+              "worker_floor_over_bare_p99_ms": 11.5, "cpu_share": 0.5,
+              "systems": {"worker": {"description": "ours", "max_rate_at_slo": 100.0, "first_failing_rate": None,
+                                     "capped": True, "at_max": step, "at_first_failing": None, "curve": [step]}},
+              "settings": {"slo_p99_ms": 50.0, "step_duration_s": 5.0, "max_rate": 100.0, "machine": "x"}}
+    assert result["worker_over_faust_forward_cpu"] == {"400": 2.5}
+    text = write_pipeline_report(tmp_path, result).read_text()
+    assert "| worker | 400 | 9.0 | 21.0 | 0 | pass | **300** | worker 12% (300 µs/ev), broker 8% (200 µs/ev) | " \
+           "worker 0.05 / 0.5 |" in text
+    assert "Faust forwarder's (`worker_over_faust_forward_cpu`): 400/s: 2.50." in text
+    assert "| bare_broker | 25 | 4.0 | 7.5 | 0 |" in text and "p99 minus the bare broker's: 11.5 ms" in text
+    assert "worker 5% (500 µs/ev) | worker 0.1 / 2 | pass |" in text  # the curve's row
+    assert "`--cpu-share 0.5`" in text
+    assert "worker_over_faust_forward_cpu |" not in text  # not among the capacity ratios

@@ -61,12 +61,12 @@ async def naive_window_values(client: aioredis.Redis, pipeline: Pipeline, ev: di
 
 
 def build_app(s: Settings, bootstrap: str) -> Any:
-    from streaming.app import StreamingApp, app_keywords
     from streaming.events.producer import entity_key
     from streaming.features.vector import VectorBuilder
     from streaming.inference.registry import ModelRegistry
     from streaming.inference.session import OnnxModel
     from streaming.infra.stack import resolve_endpoints
+    from streaming.worker.app import StreamingApp, app_keywords
     from streaming.worker.runtime import load_components
 
     _, codec, pipeline = load_components(s)

@@ -44,9 +44,68 @@ def _fmt(v: Any, digits: int = 1) -> str:
 
 
 def _cpu(step: dict[str, Any] | None) -> str:
+    """Each process's CPU: % of a core, and µs per event where known."""
     if not step or not step.get("cpu_pct"):
         return "-"
-    return ", ".join(f"{k} {v:.0f}%" for k, v in step["cpu_pct"].items())
+    per = step.get("cpu_us_per_event") or {}
+    return ", ".join(f"{k} {v:.0f}%" + (f" ({per[k]:,.0f} µs/ev)" if per.get(k) is not None else "")
+                     for k, v in step["cpu_pct"].items())
+
+
+def _requests(entry: dict[str, Any]) -> str:
+    """Broker requests per event by client process: ``produce / fetch``."""
+    req = entry.get("broker_requests_per_event") or {}
+    if not req:
+        return "-"
+    return ", ".join(f"{k} {v.get('produce', 0):.3g} / {v.get('fetch', 0):.3g}" for k, v in req.items())
+
+
+def _cost_section(result: dict[str, Any]) -> str:
+    cost: dict[str, dict[str, dict[str, Any]]] = result.get("cost") or {}
+    if not cost:
+        return ""
+    rows = []
+    for name, by_rate in cost.items():
+        for rate, e in by_rate.items():
+            own = (e.get("cpu_us_per_event") or {}).get(name)
+            rows.append(f"| {name} | {rate} | {_fmt(e.get('p50_ms'))} | {_fmt(e.get('p99_ms'))} | {e.get('missing')} | "
+                        f"{'pass' if e.get('slo_pass') else 'FAIL'} | **{_fmt(own, 0)}** | {_cpu(e)} | {_requests(e)} |")
+    ratio = result.get("worker_over_faust_forward_cpu") or {}
+    ratios = ", ".join(f"{r}/s: {_fmt(v, 2)}" for r, v in ratio.items()) or "-"
+    return f"""
+## Cost per event at fixed rates
+
+Each system at the same Poisson rates, one step each on fresh topics with a fresh process. CPU: the
+CPU each process used over the schedule window divided by the events sent in it (µs per event),
+beside its share of one core. Requests: broker requests per event sent by each client process,
+produce / fetch (aiokafka clients counted by the `streaming://` transport, librdkafka clients from
+their statistics; docs/loadtest.md).
+
+| system | rate (events/s) | p50 ms | p99 ms | missing | SLO | own CPU µs/event | CPU per process | requests per event (produce / fetch) |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+Our worker's own CPU per event over the Faust forwarder's (`worker_over_faust_forward_cpu`): {ratios}.
+"""
+
+
+def _floor_section(result: dict[str, Any]) -> str:
+    floor: dict[str, dict[str, Any]] = result.get("floor") or {}
+    if not floor:
+        return ""
+    rows = "\n".join(f"| {name} | {_fmt(f.get('rate'), 0)} | {_fmt(f.get('p50_ms'))} | {_fmt(f.get('p99_ms'))} | "
+                     f"{f.get('missing')} |" for name, f in floor.items())
+    gap = result.get("worker_floor_over_bare_p99_ms")
+    return f"""
+## Latency floor
+
+Every system for one step at a low rate: the latency with almost no load, what each adds to the
+bare broker's round trip. Our worker's p99 minus the bare broker's: {_fmt(gap)} ms.
+
+| system | rate (events/s) | p50 ms | p99 ms | missing |
+| --- | --- | --- | --- | --- |
+{rows}
+"""
 
 
 def write_pipeline_report(out: Path, result: dict[str, Any]) -> Path:
@@ -61,15 +120,17 @@ def write_pipeline_report(out: Path, result: dict[str, Any]) -> Path:
                 f"missing {bad['missing']}")
         rows.append(f"| {name} | **{_fmt(r['max_rate_at_slo'], 0)}**{'+' if r['capped'] else ''} | "
                     f"{_fmt(ok['p99_ms']) if ok else '-'} | {fail} | {_cpu(ok)} | {_cpu(bad)} |")
-    ratios = "\n".join(f"| {k} | {_fmt(v, 2)} |" for k, v in result.items() if "_over_" in k)
+    ratios = "\n".join(f"| {k} | {_fmt(v, 2)} |" for k, v in result.items()  # the capacity ratios
+                       if "_over_" in k and not isinstance(v, dict) and not k.endswith("_ms"))
     curves = []
     for name, r in systems.items():
         curves.append(f"\n### {name}\n\n{r['description']}.\n\n| rate | achieved | p50 ms | p99 ms | missing | "
-                      "generator lag max ms | CPU (% of a core) | verdict |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+                      "generator lag max ms | CPU (% of a core, µs per event) | requests per event (produce / fetch) "
+                      "| verdict |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for c in r["curve"]:
             curves.append(f"| {_fmt(c['rate'], 0)} | {_fmt(c['achieved_rate'], 0)} | {_fmt(c['p50_ms'])} | "
                           f"{_fmt(c['p99_ms'])} | {c['missing']} | {_fmt(c['generator_lag_max_ms'])} | {_cpu(c)} | "
-                          f"{c['verdict']} |")
+                          f"{_requests(c)} | {c['verdict']} |")
     settings = "\n".join(f"| {k} | {v} |" for k, v in st.items())
     text = f"""# Pipeline capacity: `streaming bench pipeline`
 
@@ -84,13 +145,15 @@ fresh process** (Tansu slows as stored batches pile up), after one warm-up event
 {chr(10).join(rows)}
 
 `+`: never failed up to `max_rate` ({st['max_rate']:,.0f}/s). CPU: share of one core while the schedule ran
-(broker, redis, and the system's own process).
+(broker, redis, the system's own process, the load generator and reader), and its CPU µs per event sent.
+{'' if result.get('cpu_share') is None else f"Run under `--cpu-share {result['cpu_share']:g}` (a cgroup CPU quota)."}
 
 | ratio | value |
 | --- | --- |
 {ratios}
 
 ![p99 vs rate per system](pipeline_capacity.png)
+{_cost_section(result)}{_floor_section(result)}
 
 ## Curves
 {chr(10).join(curves)}
