@@ -36,7 +36,7 @@ from streaming.observability.kafka_requests import KINDS, Sample, StatsSamples, 
 from streaming.pipeline.spec import Pipeline
 from streaming.synthetic.registry import generator_for
 
-__all__ = ["LoadResult", "run_load", "STAGES", "cpu_seconds", "cpu_us_per_event", "requests_per_event",
+__all__ = ["LoadResult", "run_load", "STAGES", "cpu_seconds", "cpu_us_per_event", "requests_per_event", "cpu_growth",
            "request_delta", "sustained_rate", "RequestProbe", "SampleSource"]
 
 #: cumulative request counts of a process now (``{"produce": n, "fetch": n}``; None when unreadable): a scrape
@@ -68,6 +68,7 @@ class LoadResult:
     requests: dict[str, dict[str, float]] = field(default_factory=dict)  # broker requests per client process
     sustained_rate: float = 0.0  # outputs received per second while the schedule ran (sustained_rate())
     missing_ids: list[str] = field(default_factory=list)  # the first few, for debugging
+    cpu_windows: list[dict[str, float]] = field(default_factory=list)  # % of a core per process, per CPU_WINDOW_S
 
     def percentiles(self, h: HdrHistogram) -> dict[str, float]:
         if h.get_total_count() == 0:
@@ -103,7 +104,35 @@ class LoadResult:
             "cpu_us_per_event": cpu_us_per_event(self.cpu_s, self.sent),
             "broker_requests": {k: {kind: round(n) for kind, n in v.items()} for k, v in self.requests.items()},
             "broker_requests_per_event": requests_per_event(self.requests, self.sent),
+            **({"cpu_pct_windows": self.cpu_windows, "cpu_window_s": CPU_WINDOW_S,
+                "cpu_growth": cpu_growth(self.cpu_windows)} if self.cpu_windows else {}),
         }
+
+
+#: seconds per window of the per-window CPU figures (``cpu_pct_windows``)
+CPU_WINDOW_S = 10.0
+
+
+def cpu_growth(windows: list[dict[str, float]], per: int = int(60 / CPU_WINDOW_S)) -> dict[str, float]:
+    """Per process: CPU in the run's last minute over its first minute (windows of :data:`CPU_WINDOW_S`);
+    empty for runs shorter than two minutes. How much a process's cost grows as the run goes on (Tansu's
+    does, with the record batches it stores).
+
+    >>> cpu_growth([{"broker": 10.0}] * 6 + [{"broker": 15.0}] * 6)
+    {'broker': 1.5}
+    >>> cpu_growth([{"broker": 10.0}] * 11)
+    {}
+    """
+    if len(windows) < 2 * per:
+        return {}
+    first, last = windows[:per], windows[-per:]
+    out = {}
+    for k in first[0]:
+        a = sum(w.get(k, 0.0) for w in first)
+        b = sum(w.get(k, 0.0) for w in last)
+        if a > 0:
+            out[k] = round(b / a, 2)
+    return out
 
 
 def cpu_us_per_event(cpu_s: dict[str, float], events: int) -> dict[str, float]:
@@ -256,6 +285,8 @@ def run_load(
     t0 = time.time()
     cpu0 = {k: clock() for k, clock in (cpu_clocks or {}).items()}
     wall0 = time.monotonic()
+    windows: list[dict[str, float]] = []
+    w_cpu, w_wall = cpu0, wall0
     for i, (t, key, value, eid) in enumerate(plan):
         now_us = time.time_ns() // 1000
         if t > now_us:
@@ -274,6 +305,11 @@ def run_load(
         if now_us / 1e6 - last_tick >= 0.5:
             last_tick = now_us / 1e6
             progress(i + 1, len(plan), reader.count())
+            if cpu_clocks is not None and (w_now := time.monotonic()) - w_wall >= CPU_WINDOW_S:
+                w_next = {k: clock() for k, clock in cpu_clocks.items()}
+                windows.append({k: round(100 * (b - a) / (w_now - w_wall), 1) for k, a in w_cpu.items()
+                                if a is not None and (b := w_next.get(k)) is not None})
+                w_cpu, w_wall = w_next, w_now
     cpu1 = {k: clock() for k, clock in (cpu_clocks or {}).items()}
     wall = max(1e-6, time.monotonic() - wall0)
     t1 = time.time()
@@ -296,6 +332,7 @@ def run_load(
     result = _analyse(plan, actual, got, target_rate, first_send, last_send, lag_max)
     result.cpu_pct = cpu_pct
     result.cpu_s = cpu_s
+    result.cpu_windows = windows
     requests = {"load_generator": window_delta(gen_stats.samples(), t0, t1),
                 "load_reader": window_delta(got.request_samples, t0, t1)}
     for k in probes:

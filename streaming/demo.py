@@ -10,6 +10,7 @@ stops everything it started.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import time
@@ -115,7 +116,14 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         if not settings.broker_url:
             stack = Stack(settings, tie_to_parent=True)
             if stack.state.services.get("broker") is not None and stack.state.services["broker"].running:
-                say("using the embedded stack that is already up")
+                # Tansu's cost grows with the record batches a partition holds (docs/benchmarks.md): topics that
+                # earlier runs filled would slow this one down, so the run gets topics of its own
+                tag = f"demo-{int(time.time())}"
+                t = {k: f"{v}-{tag}" for k, v in settings.topics.items()}
+                settings = dataclasses.replace(settings, topic_events=t["events"], topic_predictions=t["predictions"],
+                                               topic_labels=t["labels"], topic_retrain=t["retrain"], topic_dlq=t["dlq"])
+                say("using the embedded stack that is already up, on this run's own topics: "
+                    + ", ".join(settings.topics.values()))
                 stack = None  # not ours to stop
             else:
                 state = stack.up()
@@ -137,7 +145,8 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         # cards) leaks into this one; dropped at the end
         namespace = f"demo-{started_ms}:{pipeline.name}:"
         namespaces.append((redis_url, namespace))
-        env = {"STREAMING_BROKER_URL": bootstrap, "STREAMING_REDIS_URL": redis_url,
+        env = {**{f"STREAMING_TOPIC_{k.upper()}": v for k, v in settings.topics.items()},
+               "STREAMING_BROKER_URL": bootstrap, "STREAMING_REDIS_URL": redis_url,
                "STREAMING_METRICS_PORT": str(metrics_port), "STREAMING_RUN_DIR": str(run_dir),
                "STREAMING_REDIS_PREFIX": namespace}
         say("starting the worker (joining the consumer group takes a few seconds)")
