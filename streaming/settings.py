@@ -101,10 +101,12 @@ class Settings:
         minimum=1,
     )
     batch_max_rows: int = _setting(
-        512, "Consumer micro-batch (decode + one feature-store round trip): most events per batch.", minimum=1
+        512, "Most events the worker decodes and sends to the feature store in one round trip (a larger fetch is "
+        "taken in chunks of this size).", minimum=1
     )
     batch_max_wait_ms: float = _setting(
-        5.0, "Consumer micro-batch: longest wait to fill a batch. Inference batching is the pipeline's [batching].",
+        5.0, "The benchmark's Faust forwarder: longest wait to fill a take_events batch (the worker takes whole "
+        "fetches and never waits). Inference batching is the pipeline's [batching].",
         minimum=0.1,
     )
     batch_policy: str = _setting(

@@ -21,6 +21,7 @@ class BrokenModel:
     def __init__(self, real, fail: bool) -> None:  # type: ignore[no-untyped-def]
         self.real, self.fail = real, fail
         self.tag, self.name, self.provider = real.tag, real.name, real.provider
+        self.runs_inline = real.runs_inline
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if self.fail:
