@@ -82,14 +82,15 @@ class ScoreLoop:
         return batch.service_s
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Score what is queued, wait for every acknowledgement, then stop the inference loop."""
+        """Score what is queued and wait for every acknowledgement (before a rebalance's or a stop's commit).
+
+        The inference loop keeps running (a rebalance is followed by more events); a stop ends it with
+        the event loop."""
         try:
             await asyncio.wait_for(asyncio.shield(self._drain()), timeout_s)
         except Exception as exc:
-            log.warning("stopping with %d rows unscored (%s); they will be redelivered", len(self.batcher), exc)
-        finally:
-            if self._runner is not None:
-                self._runner.cancel()
+            log.warning("committing with %d rows unscored (%s); they will be redelivered", len(self.batcher),
+                        type(exc).__name__ + (f": {exc}" if str(exc) else ""))
 
     async def _drain(self) -> None:
         await self.batcher.drained()
