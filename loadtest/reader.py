@@ -24,7 +24,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import struct
 import time
-import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventT
@@ -32,6 +31,7 @@ from typing import Any
 
 from streaming.errors import UserError
 from streaming.events.codec import MAGIC, Codec, DecodeError
+from streaming.events.reader import TopicReader
 from streaming.observability.kafka_requests import Sample, StatsSamples
 
 __all__ = ["ReaderProcess", "ReadResult", "MATCH_MODES", "STAGE_FIELDS", "STATS_INTERVAL_MS", "first_string_field"]
@@ -114,7 +114,8 @@ def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str,
     """The child's main: read until ``stop``, then send the :class:`ReadResult` through ``conn``."""
     ids = _Ids(codec, subject, id_field)
     stats = StatsSamples()
-    reader = _Consumer(bootstrap, topic, fetch_wait_ms=5, stats_cb=stats.callback)
+    reader = TopicReader(bootstrap, topic, from_beginning=True, fetch_wait_ms=5,
+                         config={"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": stats.callback})
     ready.set()
     kept: dict[str, tuple[int, bytes | None]] = {}
     seen: dict[str, int] = {}
@@ -155,34 +156,6 @@ def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str,
         out.first[eid] = (recv, stages)
     conn.send(out)
     conn.close()
-
-
-class _Consumer:
-    """Every partition of ``topic`` from the beginning, ``assign()`` (as :class:`streaming.events.reader.TopicReader`
-    reads), with librdkafka statistics every :data:`STATS_INTERVAL_MS` to ``stats_cb``."""
-
-    def __init__(self, bootstrap: str, topic: str, *, fetch_wait_ms: int, stats_cb: Any) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms, "fetch.min.bytes": 1,
-            "log.connection.close": False, "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": stats_cb,
-        })
-        try:
-            meta = self._consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            raise UserError(f"cannot read topic {topic} from {bootstrap}: {exc.args[0]}") from None
-        tmeta = meta.topics.get(topic)
-        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-            raise UserError(f"topic {topic} does not exist on {bootstrap}")
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(tmeta.partitions)])
-
-    def poll(self, timeout: float) -> list[Any]:
-        return [m for m in self._consumer.consume(1000, timeout) if m.error() is None]
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 class ReaderProcess:

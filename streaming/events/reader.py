@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 
@@ -14,7 +16,9 @@ __all__ = ["TopicReader"]
 class TopicReader:
     """Reads every partition of ``topic`` from the beginning or the end."""
 
-    def __init__(self, bootstrap: str, topic: str, *, from_beginning: bool = True, fetch_wait_ms: int = 5) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, from_beginning: bool = True, fetch_wait_ms: int = 5,
+                 config: Mapping[str, Any] | None = None) -> None:
+        """``config``: more librdkafka settings for the consumer (e.g. statistics and their callback)."""
         self.topic = topic
         self._consumer = Consumer(
             {
@@ -24,6 +28,7 @@ class TopicReader:
                 "fetch.wait.max.ms": fetch_wait_ms,
                 "fetch.min.bytes": 1,
                 "log.connection.close": False,
+                **(config or {}),
             }
         )
         try:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from streaming.errors import UserError
+from streaming.infra.processes import pid_alive
 
 __all__ = ["CpuShare", "cpu_share", "check_share", "CGROUP_CPU_ROOT"]
 
@@ -140,20 +141,10 @@ def _clean_stale(parent: Path) -> None:
             creator = int(group.name[len(_PREFIX) :].split("-")[0])
         except ValueError:
             continue
-        if _alive(creator) or _read_pids(group):
+        if pid_alive(creator) or _read_pids(group):
             continue
         with contextlib.suppress(OSError):
             group.rmdir()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _mkdir(group: Path) -> None:

@@ -71,6 +71,7 @@ def app_keywords(s: Settings, bootstrap: str) -> dict[str, Any]:
     return dict(
         broker=f"{transport.SCHEME}://{bootstrap}",
         store="memory://",
+        datadir=str(s.run_path / "{conf.name}-data"),  # Faust's (empty) data folder: under the run dir, not the cwd
         web_enabled=False,
         topic_partitions=s.topic_partitions,
         topic_allow_declare=False,
