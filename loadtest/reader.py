@@ -1,6 +1,6 @@
 """The load test's prediction reader, in its own process (its own GIL, away from the generator's send loop).
 
-The child reads the output topic from the beginning with ``assign()`` (no group join; facts.md),
+The child reads the output topic from the beginning with ``assign()`` (no group join; docs/platform.md),
 stamps each record with the time it was received, and keeps the first record of every event id
 (later ones only count as duplicates). The event id is taken straight from the Avro bytes when the
 writer schema's first field is a string (``event_id`` in the prediction and the transaction

@@ -12,7 +12,7 @@ from streaming.events.codec import Codec
 
 __all__ = ["EventProducer", "entity_key", "EVENT_LINGER_MS", "LABEL_LINGER_MS"]
 
-#: Default linger of every producer here: a few ms batches requests on Tansu (facts.md) at little latency.
+#: Default linger of every producer here: a few ms batches requests on Tansu (docs/platform.md) at little latency.
 EVENT_LINGER_MS = 20.0
 
 #: Linger of label producers. Labels arrive seconds after their events, so a tenth of a second more costs

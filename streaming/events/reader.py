@@ -1,4 +1,4 @@
-"""Reading a topic without a consumer group join (``assign()``; facts.md: joins are slow on Tansu)."""
+"""Reading a topic without a consumer group join (``assign()``; docs/platform.md: joins are slow on Tansu)."""
 
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ class Publisher:
     batch for a partition only once the previous one has left, so a caller that sent itself
     would wait a producer round trip per batch. The publishing task takes everything queued
     since its last send and sends it as one record batch per partition: the slower the
-    broker, the larger and fewer the requests (Tansu's cost is per request, facts.md).
+    broker, the larger and fewer the requests (Tansu's cost is per request, docs/platform.md).
     """
 
     def __init__(self, app: faust.App, metrics: Metrics, ack: Ack, *, max_queued: int = 50_000) -> None:

@@ -53,7 +53,7 @@ def run_faust_app(settings: Settings, build: Callable[[], Any]) -> None:
             super()._schedule_shutdown(signal)
 
     worker = Worker(app, loglevel=settings.log_level, loop=loop, quiet=True, redirect_stdouts=False)
-    # Faust leaves the root logger at DEBUG for -l warn; per-message debug records cost CPU (facts.md)
+    # Faust leaves the root logger at DEBUG for -l warn; per-message debug records cost CPU (docs/platform.md)
     level = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING}.get(settings.log_level)
     if level is not None:
         logging.getLogger().setLevel(level)
