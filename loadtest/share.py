@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from streaming.infra.cpushare import CpuShare, cpu_share
 from streaming.infra.stack import StackState
 from streaming.settings import Settings
 
-__all__ = ["join_stack"]
+__all__ = ["join_stack", "share_run"]
+
+
+@contextlib.contextmanager
+def share_run(share: float | None, settings: Settings, say: Callable[[str], None]) -> Iterator[CpuShare | None]:
+    """A whole command (the demo, a load test, a benchmark) on ``share`` of the machine (None: unchanged): this
+    process and every child it starts in the block, and an embedded stack that was already up (:func:`join_stack`)."""
+    with cpu_share(share, say=say) as group:
+        if added := join_stack(group, settings):
+            say(f"cpu share: the running stack joined the group (pids {', '.join(map(str, added))})")
+        yield group
 
 
 def join_stack(group: Any, settings: Settings) -> list[int]:

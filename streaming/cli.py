@@ -6,11 +6,10 @@ problem the user can fix is one ``error:`` line and a non-zero exit.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,21 +64,6 @@ _cpu_share_option = click.option(
     "--cpu-share", "cpu_share", type=float, default=None, callback=_check_share, metavar="S",
     help="Run everything (this command, the broker, Redis, the worker, the generator) on this fraction of the "
          "machine's CPU, 0 < S <= 1: a cgroup CPU quota they share (needs root and cgroup v1).")
-
-
-@contextlib.contextmanager
-def _cpu_share(share: float | None, settings: Settings, say: Callable[[str], None]) -> Iterator[Any]:
-    """The command's whole run under ``share`` (None: unchanged); a stack already up joins the group."""
-    if share is None:
-        yield None
-        return
-    from loadtest.share import join_stack
-    from streaming.infra.cpushare import cpu_share
-
-    with cpu_share(share, say=say) as group:
-        if added := join_stack(group, settings):
-            say(f"cpu share: the running stack joined the group (pids {', '.join(map(str, added))})")
-        yield group
 
 
 def _share_fields(share: float | None, group: Any) -> dict[str, Any]:
@@ -438,6 +422,7 @@ def bench_pipeline(quick: bool, slo_p99_ms: float | None, step_duration: float |
                    as_json: bool) -> None:
     """Capacity at the SLO of a bare broker, a Faust and a Quix forwarder, a naive worker and ours, their cost per
     event at fixed rates and their latency floor (docs/loadtest.md)."""
+    from loadtest.share import share_run
     from streaming.bench.pipeline import SYSTEMS, run_pipeline_bench
     from streaming.bench.pipeline.quixenv import default_venv
 
@@ -461,7 +446,7 @@ def bench_pipeline(quick: bool, slo_p99_ms: float | None, step_duration: float |
     out = report_dir or Path("reports") / time.strftime("bench-pipeline-%Y%m%d-%H%M%S")
     s = _settings()
     say = lambda m: click.echo(m, err=True)  # noqa: E731
-    with _cpu_share(cpu_share, s, say) as group:
+    with share_run(cpu_share, s, say) as group:
         result = run_pipeline_bench(s, quick=quick, slo_p99_ms=slo_p99_ms, step_s=step_duration, systems=names,
                                     max_rate=max_rate, start_rates=starts, report_dir=out,
                                     quix_venv=quix_venv or default_venv(), say=say, cost_rates=rates,
@@ -505,6 +490,7 @@ def loadtest(ctx: click.Context, profile: str, rate: float, duration: float, ste
         return
     from loadtest.schedule import parse_steps, replay_offsets
     from loadtest.session import LoadSession
+    from loadtest.share import share_run
 
     s = _settings()
     say = lambda m: click.echo(m, err=True)  # noqa: E731
@@ -516,7 +502,7 @@ def loadtest(ctx: click.Context, profile: str, rate: float, duration: float, ste
         raise UserError("--profile step needs --steps RATE:SECONDS,...")
     if profile == "replay" and replay_file is None:
         raise UserError("--profile replay needs --replay FILE")
-    with _cpu_share(cpu_share, s, say) as group, LoadSession(s, say, cpu_share=cpu_share) as session:
+    with share_run(cpu_share, s, say) as group, LoadSession(s, say, cpu_share=cpu_share) as session:
         replay = replay_offsets(replay_file, session.pipeline.event.time_field) if replay_file else None
         slo = slo_p99_ms or session.pipeline.slo_p99_ms
         out = report_dir or Path("reports") / time.strftime("loadtest-%Y%m%d-%H%M%S")
@@ -544,10 +530,11 @@ def loadtest_capacity(slo_p99_ms: float | None, step_duration: float, start_rate
     """Highest Poisson rate whose p99 stays within the SLO (each step on fresh topics and a fresh worker); searches
     downward when the first step fails."""
     from loadtest.session import LoadSession
+    from loadtest.share import share_run
 
     s = _settings()
     say = lambda m: click.echo(m, err=True)  # noqa: E731
-    with _cpu_share(cpu_share, s, say) as group, LoadSession(s, say, cpu_share=cpu_share) as session:
+    with share_run(cpu_share, s, say) as group, LoadSession(s, say, cpu_share=cpu_share) as session:
         slo = slo_p99_ms or session.pipeline.slo_p99_ms
         out = report_dir or Path("reports") / time.strftime("capacity-%Y%m%d-%H%M%S")
         result = session.capacity(slo_p99_ms=slo, step_s=step_duration, start_rate=start_rate, max_rate=max_rate,

@@ -87,13 +87,9 @@ def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: f
              report: Path | None = None, linger_ms: float = EVENT_LINGER_MS, cpu_share: float | None = None) -> bool:
     """The demo; with ``cpu_share`` all of it (and a stack already up) runs on that fraction of the machine
     (:mod:`streaming.infra.cpushare`), recorded in the summary."""
-    from streaming.infra.cpushare import cpu_share as share_group
+    from loadtest.share import share_run
 
-    with share_group(cpu_share, say=lambda m: tqdm.write(f"demo: {m}")) as group:
-        if group is not None:
-            from loadtest.share import join_stack
-
-            join_stack(group, settings)
+    with share_run(cpu_share, settings, lambda m: tqdm.write(f"demo: {m}")):
         return _run_demo(settings, rate=rate, duration=duration, label_delay=label_delay, seed=seed, report=report,
                          linger_ms=linger_ms, cpu_share=cpu_share)
 

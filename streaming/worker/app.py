@@ -61,7 +61,6 @@ def to_records(messages: Sequence[Any], offsets: dict[tuple[str, int], int]) -> 
         ts = msg.timestamp
         out.append(InRecord(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
                             int(ts * 1000) if ts else None, now_us))
-    for msg in messages:
         offsets[(msg.topic, msg.partition)] = msg.offset + 1
     return out
 
