@@ -1,6 +1,6 @@
-"""Load generation and latency analysis (the prediction collector lives here)."""
+"""Load generation and latency analysis (the prediction reader the demo and the load test share lives here)."""
 
-from loadtest.collector import PredictionCollector
 from loadtest.percentiles import percentiles
+from loadtest.reader import ReaderProcess
 
-__all__ = ["PredictionCollector", "percentiles"]
+__all__ = ["ReaderProcess", "percentiles"]

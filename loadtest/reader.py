@@ -13,8 +13,9 @@ Two kinds of output can be matched:
 * ``"event"``: records of the event schema itself (a forwarder that passes the events through
   unchanged, or the generator's own topic read back): only the id, so no stage breakdown.
 
-The parent sees how many event ids have arrived (a shared counter, for progress and draining)
-and, after :meth:`ReaderProcess.stop`, gets :class:`ReadResult` back through a pipe, with the
+The parent sees how many event ids have arrived (a shared counter, for progress and draining),
+with ``live=True`` the end-to-end latency of the latest predictions (a shared ring that the child
+fills by decoding each first prediction as it arrives: the demo's progress line), and, after :meth:`ReaderProcess.stop`, gets :class:`ReadResult` back through a pipe, with the
 consumer's librdkafka statistics samples (its fetch requests over time, every
 :data:`STATS_INTERVAL_MS`; :mod:`streaming.observability.kafka_requests`).
 """
@@ -34,7 +35,8 @@ from streaming.events.codec import MAGIC, Codec, DecodeError
 from streaming.events.reader import TopicReader
 from streaming.observability.kafka_requests import Sample, StatsSamples
 
-__all__ = ["ReaderProcess", "ReadResult", "MATCH_MODES", "STAGE_FIELDS", "STATS_INTERVAL_MS", "first_string_field"]
+__all__ = ["ReaderProcess", "ReadResult", "MATCH_MODES", "STAGE_FIELDS", "STATS_INTERVAL_MS", "LIVE_WINDOW",
+           "first_string_field"]
 
 #: how often the load test's librdkafka clients (generator, reader) report statistics (their request counts)
 STATS_INTERVAL_MS = 100
@@ -43,6 +45,8 @@ MATCH_MODES = ("prediction", "event")
 #: the prediction's timestamps the stage breakdown needs, in this order
 STAGE_FIELDS = ("produced_at", "received_at", "features_at", "inference_started_at", "predicted_at", "batch_size")
 _HEADER = struct.Struct(">bI")
+#: how many of the latest end-to-end latencies ``live=True`` keeps for :meth:`ReaderProcess.live_p99_ms`
+LIVE_WINDOW = 2000
 
 
 @dataclass
@@ -54,6 +58,8 @@ class ReadResult:
     undecodable: int = 0
     records: int = 0
     request_samples: list[Sample] = field(default_factory=list)  # the consumer's librdkafka statistics
+    fallbacks: int = 0  # kept predictions that came from a fallback (``match="prediction"``)
+    decisions: int = 0  # kept predictions whose decision was positive
 
 
 def first_string_field(data: bytes) -> str | None:
@@ -109,9 +115,21 @@ class _Ids:
         return str(self.codec.decode(self.subject, data)[self.id_field])
 
 
+def _stages(codec: Codec, value: bytes | None, out: ReadResult) -> tuple[int, ...]:
+    """The stage fields of one prediction; counts its fallback and decision into ``out``."""
+    p = codec.decode("prediction", value)
+    stages = tuple(int(p[f]) for f in STAGE_FIELDS)
+    out.fallbacks += p.get("fallback") is not None
+    out.decisions += bool(p.get("decision"))
+    return stages
+
+
 def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str, match: str, count_prefix: str,
-          ready: EventT, stop: EventT, count: Any, conn: Connection) -> None:
-    """The child's main: read until ``stop``, then send the :class:`ReadResult` through ``conn``."""
+          ready: EventT, stop: EventT, count: Any, live: Any, conn: Connection) -> None:
+    """The child's main: read until ``stop``, then send the :class:`ReadResult` through ``conn``.
+
+    ``live`` (a shared ring of :data:`LIVE_WINDOW` latencies in ms and, at its end, the count written) or None.
+    """
     ids = _Ids(codec, subject, id_field)
     stats = StatsSamples()
     reader = TopicReader(bootstrap, topic, from_beginning=True, fetch_wait_ms=5,
@@ -119,7 +137,8 @@ def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str,
     ready.set()
     kept: dict[str, tuple[int, bytes | None]] = {}
     seen: dict[str, int] = {}
-    undecodable = records = counted = 0
+    out = ReadResult()
+    undecodable = records = counted = written = 0
     while not stop.is_set():
         msgs = reader.poll(0.005)
         if not msgs:
@@ -136,24 +155,36 @@ def _read(bootstrap: str, topic: str, codec: Codec, subject: str, id_field: str,
             c = seen.get(eid)
             if c is None:
                 seen[eid] = 1
-                kept[eid] = (now, value)
                 counted += eid.startswith(count_prefix)
+                if live is None:
+                    kept[eid] = (now, value)
+                    continue
+                try:  # live: decoded now, the latency goes into the ring
+                    stages = _stages(codec, value, out)
+                except (DecodeError, KeyError, TypeError, ValueError):
+                    undecodable += 1
+                    continue
+                out.first[eid] = (now, stages)
+                live[written % LIVE_WINDOW] = (now - stages[0]) / 1000.0
+                written += 1
+                live[LIVE_WINDOW] = written
             else:
                 seen[eid] = c + 1
         count.value = counted
     reader.close()
-    out = ReadResult(duplicates=sum(c - 1 for c in seen.values()), undecodable=undecodable, records=records,
-                     request_samples=stats.samples())
+    out.duplicates = sum(c - 1 for c in seen.values())
+    out.undecodable += undecodable
+    out.records = records
+    out.request_samples = stats.samples()
     for eid, (recv, value) in kept.items():
-        stages: tuple[int, ...] | None = None
+        stages_or_none: tuple[int, ...] | None = None
         if match == "prediction":
             try:
-                p = codec.decode("prediction", value)
-                stages = tuple(int(p[f]) for f in STAGE_FIELDS)
+                stages_or_none = _stages(codec, value, out)
             except (DecodeError, KeyError, TypeError, ValueError):
                 out.undecodable += 1
                 continue
-        out.first[eid] = (recv, stages)
+        out.first[eid] = (recv, stages_or_none)
     conn.send(out)
     conn.close()
 
@@ -162,18 +193,22 @@ class ReaderProcess:
     """Starts the reading child (``spawn``: no threads or sockets inherited from the generator)."""
 
     def __init__(self, bootstrap: str, topic: str, codec: Codec, *, match: str = "prediction",
-                 event_subject: str = "", id_field: str = "event_id", count_prefix: str = "") -> None:
+                 event_subject: str = "", id_field: str = "event_id", count_prefix: str = "",
+                 live: bool = False) -> None:
         if match not in MATCH_MODES:
             raise ValueError(f"match must be one of {MATCH_MODES}, not {match!r}")
+        if live and match != "prediction":
+            raise ValueError("live latencies need match='prediction' (the event's timestamps are in the prediction)")
         ctx = mp.get_context("spawn")
         self._ready = ctx.Event()
         self._stop = ctx.Event()
         self._count = ctx.Value("q", 0, lock=False)
+        self._live = ctx.Array("d", LIVE_WINDOW + 1, lock=False) if live else None
         self._recv, send = ctx.Pipe(duplex=False)
         subject = "prediction" if match == "prediction" else event_subject
         self._proc = ctx.Process(target=_read, name="loadtest-reader", daemon=True,
                                  args=(bootstrap, topic, codec, subject, id_field, match, count_prefix, self._ready,
-                                       self._stop, self._count, send))
+                                       self._stop, self._count, self._live, send))
         self._proc.start()
         send.close()
 
@@ -193,6 +228,26 @@ class ReaderProcess:
     def count(self) -> int:
         """Distinct event ids received so far that start with ``count_prefix`` (the run's own events, not a warm-up)."""
         return int(self._count.value)
+
+    def wait_for(self, n: int, timeout: float) -> bool:
+        """Wait until :meth:`count` reaches ``n``; False when ``timeout`` seconds passed first."""
+        deadline = time.monotonic() + timeout
+        while self.count() < n:
+            if time.monotonic() >= deadline or not self._proc.is_alive():
+                return False
+            time.sleep(0.05)
+        return True
+
+    def live_p99_ms(self) -> float:
+        """p99 of the latest end-to-end latencies (``live=True``; 0 before the first prediction)."""
+        if self._live is None:
+            raise ValueError("this reader was started without live=True")
+        ring = self._live
+        n = min(int(ring[LIVE_WINDOW]), LIVE_WINDOW)
+        if n == 0:
+            return 0.0
+        values = sorted(ring[:n])
+        return float(values[min(n - 1, int(0.99 * n))])
 
     def stop(self, timeout: float = 120.0) -> ReadResult:
         self._stop.set()

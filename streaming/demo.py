@@ -21,8 +21,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
-from loadtest.collector import PredictionCollector
 from loadtest.percentiles import percentiles
+from loadtest.reader import STAGE_FIELDS, ReaderProcess, ReadResult
 from streaming.events.producer import EVENT_LINGER_MS, LABEL_LINGER_MS, EventProducer
 from streaming.events.reader import TopicReader
 from streaming.events.topics import ensure_topics
@@ -102,7 +102,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
     say = lambda m: tqdm.write(f"demo: {m}")  # noqa: E731
     stack: Stack | None = None
     worker: WorkerProcess | None = None
-    collector: PredictionCollector | None = None
+    reader: ReaderProcess | None = None
     producers: list[EventProducer] = []
     namespaces: list[tuple[str, str]] = []
     run_dir = settings.run_path
@@ -148,8 +148,12 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         say("starting the worker (joining the consumer group takes a few seconds)")
         worker = WorkerProcess(env, run_dir / "demo-worker.log")
         worker.start()
-        collector = PredictionCollector(bootstrap, settings.topic_predictions, codec,
-                                        since_us=started_ms * 1000).start()
+        now = time.time_ns() // 1000
+        id_prefix = f"d{now // 1_000_000}-"
+        # the load test's reader (its own process), with a live p99 for the progress line; it counts this run's
+        # event ids only, so an external broker's older predictions on the same topic do not count
+        reader = ReaderProcess(bootstrap, settings.topic_predictions, codec, count_prefix=id_prefix, live=True)
+        reader.wait_ready()
 
         events = EventProducer(bootstrap, codec, pipeline.event.schema, settings.topic_events,
                                key_fields=pipeline.event.key, linger_ms=linger_ms)
@@ -159,20 +163,19 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
             events.send_raw(bad, key=b"bad")
         now = time.time_ns() // 1000
         drift_at = now + int(duration / 2 * 1e6)
-        gen = generator_for(pipeline, rate=rate, seed=seed, start_us=now, drift_at_us=drift_at,
-                            id_prefix=f"d{now // 1_000_000}-")
+        gen = generator_for(pipeline, rate=rate, seed=seed, start_us=now, drift_at_us=drift_at, id_prefix=id_prefix)
         player = Player(gen, events, labels, id_field=pipeline.event.id_field, time_field=pipeline.event.time_field,
                         label_delay_s=label_delay, keep_ids=True)
         say(f"publishing ~{rate:g} events/s for {duration:g}s; the fraud pattern switches at {duration / 2:g}s; "
             f"labels follow after {label_delay:g}s")
         bar = tqdm(total=int(rate * duration), unit="ev", desc="events", dynamic_ncols=True)
-        col = collector
+        rd = reader
 
         def tick(stats: Any) -> None:
             bar.n = stats.events
-            lat = percentiles(col.e2e_ms[-2000:], qs=(99,))
             phase = "drift" if time.time_ns() // 1000 >= drift_at else "before drift"
-            bar.set_postfix_str(f"predictions {col.unique}, labels {stats.labels}, p99 {lat['p99']:.0f} ms, {phase}")
+            bar.set_postfix_str(f"predictions {rd.count()}, labels {stats.labels}, p99 {rd.live_p99_ms():.0f} ms, "
+                                f"{phase}")
             if not worker or not worker.alive:
                 raise RuntimeError("the worker died; see " + str(run_dir / "demo-worker.log"))
 
@@ -181,19 +184,22 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         bar.refresh()
         bar.close()
         say(f"published {stats.events} events; waiting for the last predictions and labels")
-        complete = collector.wait_for(stats.events, timeout=30)
+        complete = reader.wait_for(stats.events, timeout=30)
         player.drain_labels(label_delay + 1.0)
         time.sleep(3.0)  # let the learn agent take the last labels
         samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-        missing = collector.missing(stats.event_ids)
-        e2e = percentiles(collector.e2e_ms)
-        wk = percentiles(collector.worker_ms)
+        got = reader.stop()
+        reader = None
+        mine = _own(got, id_prefix)
+        missing = [e for e in stats.event_ids if e not in mine]
+        e2e = percentiles([(recv - st[_PRODUCED]) / 1000.0 for recv, st in mine.values()])
+        wk = percentiles([(st[_PREDICTED] - st[_PRODUCED]) / 1000.0 for _, st in mine.values()])
         summary: dict[str, Any] = {
             "events_produced": stats.events,
             "fraud_events": stats.positives,
-            "predictions_received": collector.unique,
+            "predictions_received": len(mine),
             "missing_predictions": len(missing),
-            "duplicate_predictions": collector.duplicates,
+            "duplicate_predictions": got.duplicates,
             "malformed_records_sent": len(BAD_RECORDS),
             "dead_letters": count_records(bootstrap, settings.topic_dlq, started_ms),
             "e2e_latency_ms": {k: round(v, 2) for k, v in e2e.items() if k != "count"},
@@ -204,7 +210,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
             "retrain_requests": count_records(bootstrap, settings.topic_retrain, started_ms),
             "model_rocauc": round(_sum(samples, "streaming_online_metric", scorer="model", metric="rocauc"), 4),
             "learner_rocauc": round(_sum(samples, "streaming_online_metric", scorer="learner", metric="rocauc"), 4),
-            "fallback_predictions": collector.fallbacks,
+            "fallback_predictions": got.fallbacks,
             "rate": rate,
             "duration_s": duration,
             "generator_lag_ms": round(stats.lag_s * 1000, 1),
@@ -222,8 +228,9 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
     finally:
         for p in producers:
             p.close()
-        if collector is not None:
-            collector.stop()
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.stop(timeout=10)
         if worker is not None:
             worker.stop()
         for url, namespace in namespaces:
@@ -231,6 +238,14 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
                 drop_namespace(url, namespace)
         if stack is not None:
             stack.down()
+
+
+_PRODUCED, _PREDICTED = STAGE_FIELDS.index("produced_at"), STAGE_FIELDS.index("predicted_at")
+
+
+def _own(got: ReadResult, id_prefix: str) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """This run's predictions (its event ids start with ``id_prefix``): event id → (µs received, stage fields)."""
+    return {eid: (recv, st) for eid, (recv, st) in got.first.items() if st is not None and eid.startswith(id_prefix)}
 
 
 def _write(summary: dict[str, Any], path: Path, say: Any) -> None:
