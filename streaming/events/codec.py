@@ -4,7 +4,10 @@ A value whose first byte is 0x00 is ``0x00 | schema id (4 bytes, big endian) |
 Avro binary``; it is read with the writer's schema (looked up by id) into the
 reader's (the latest version of the subject), so older producers keep working.
 Anything else is read as JSON and validated against the subject's schema,
-with defaults filled in, so a person can produce plain JSON.
+with defaults filled in, so a person can produce plain JSON. An Avro body must
+end where its record ends (trailing bytes are refused). Given the pipeline's
+:class:`~streaming.events.limits.Limits`, the value's size, nesting, strings and
+numbers are checked before the schema validation sees them.
 
 >>> import pathlib
 >>> from streaming.settings import project_root
@@ -33,12 +36,17 @@ import fastavro
 import orjson
 from fastavro.validation import ValidationError, validate
 
+from streaming.events.limits import LimitError, Limits, check_json_depth, check_value
 from streaming.events.schemas import Schema, SchemaRegistry
 
-__all__ = ["Codec", "DecodeError", "MAGIC"]
+__all__ = ["Codec", "DecodeError", "DEFAULT_LIMITS", "MAGIC"]
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
+
+
+#: the limits of a decode that names none (a pipeline passes its own)
+DEFAULT_LIMITS = Limits()
 
 
 class DecodeError(ValueError):
@@ -68,9 +76,21 @@ class Codec:
     def encode_json(self, record: dict[str, Any]) -> bytes:
         return orjson.dumps(record)
 
-    def decode(self, subject: str, data: bytes | None) -> dict[str, Any]:
+    def decode(self, subject: str, data: bytes | None, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+        """The record in ``data``; :class:`DecodeError` saying why when it is not one or breaks ``limits``
+        (the pipeline's; by default :class:`~streaming.events.limits.Limits`' defaults)."""
         if not data:
             raise DecodeError("empty value")
+        try:
+            limits.check_size(data)
+            rec = self._decode(subject, data, limits)
+            if data[0] == MAGIC:  # a JSON value was checked before its validation
+                check_value(rec, limits)
+            return rec
+        except LimitError as exc:
+            raise DecodeError(str(exc)) from None
+
+    def _decode(self, subject: str, data: bytes, limits: Limits) -> dict[str, Any]:
         reader = self.registry.latest(subject)
         if data[0] == MAGIC:
             if len(data) < 5:
@@ -81,24 +101,30 @@ class Codec:
                 raise DecodeError(f"unknown schema id {schema_id}")
             if writer.subject != reader.subject:
                 raise DecodeError(f"schema id {schema_id} is {writer.subject!r}, expected {subject!r}")
+            body = io.BytesIO(data[5:])
             try:
-                rec = fastavro.schemaless_reader(
-                    io.BytesIO(data[5:]), writer.parsed, None if writer.id == reader.id else reader.parsed
-                )
+                rec = fastavro.schemaless_reader(body, writer.parsed, None if writer.id == reader.id else reader.parsed)
             except Exception as exc:  # fastavro raises several types on garbage
                 raise DecodeError(f"bad Avro body for schema id {schema_id}: {type(exc).__name__}: {exc}") from None
             if not isinstance(rec, dict):
                 raise DecodeError("Avro body is not a record")
+            if body.tell() != len(data) - 5:
+                raise DecodeError(f"{len(data) - 5 - body.tell()} trailing bytes after the Avro record")
             return rec
+        check_json_depth(data, limits.max_depth)  # before parsing: a deep value is never built
         try:
             rec = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"not JSON and not Avro (first byte 0x{data[0]:02x}): {exc}") from None
         if not isinstance(rec, dict):
             raise DecodeError(f"JSON value is a {type(rec).__name__}, expected an object")
+        check_value(rec, limits)  # before the validation: fastavro's recursion is not bounded
         _fill_defaults(rec, reader)
         try:
             validate(rec, reader.parsed, raise_errors=True)
         except ValidationError as exc:
             raise DecodeError(f"does not match schema {subject!r}: {'; '.join(map(str, exc.errors))}") from None
+        except Exception as exc:  # fastavro's validation itself failed (a value it cannot handle)
+            raise DecodeError(f"cannot be validated against schema {subject!r}: {type(exc).__name__}: "
+                              f"{str(exc)[:200]}") from None
         return rec

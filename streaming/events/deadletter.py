@@ -1,7 +1,14 @@
-"""Dead letters: the original key and value, with the reason in headers."""
+"""Dead letters: the original key and value, with the reason in headers.
+
+A value (or key) larger than the pipeline's ``dead_letter_bytes`` is cut to that size, and the
+headers say so (``dlq.truncated``, the original's size and sha256): a dead letter must always
+be publishable, and a record the broker refused for its size would otherwise stop the worker
+again after every restart.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 __all__ = ["DeadLetter", "HEADER_PREFIX"]
@@ -16,6 +23,10 @@ class DeadLetter:
     >>> dl = DeadLetter(b"k", b"v", "events", 0, 42, 1000, "decode", "DecodeError", "empty value")
     >>> dict(dl.headers())["dlq.reason"]
     b'empty value'
+    >>> big = DeadLetter(b"k", b"x" * 100, "events", 0, 43, None, "decode", "LimitError", "too big")
+    >>> key, value, headers = big.parts(max_bytes=10)
+    >>> value, dict(headers)["dlq.truncated"], dict(headers)["dlq.original_size"]
+    (b'xxxxxxxxxx', b'1', b'100')
     """
 
     key: bytes | None
@@ -27,6 +38,21 @@ class DeadLetter:
     stage: str
     error_class: str
     reason: str
+
+    def parts(self, max_bytes: int | None = None) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        """The dead letter's key, value and headers, the value and key cut to ``max_bytes`` if larger."""
+        headers = self.headers()
+        key, value = self.key, self.value
+        if max_bytes is not None and (len(value or b"") > max_bytes or len(key or b"") > max_bytes):
+            headers += [
+                (HEADER_PREFIX + "truncated", b"1"),
+                (HEADER_PREFIX + "original_size", str(len(value or b"")).encode()),
+                (HEADER_PREFIX + "original_sha256", hashlib.sha256(value or b"").hexdigest().encode()),
+                (HEADER_PREFIX + "original_key_size", str(len(key or b"")).encode()),
+            ]
+            value = None if value is None else value[:max_bytes]
+            key = None if key is None else key[:max_bytes]
+        return key, value, headers
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [

@@ -47,28 +47,37 @@ class ReferenceStore:
         self._tiles: dict[tuple[int, str, int], _Tile] = {}
         self._latest: dict[tuple[int, str], tuple[int, list[float]]] = {}
         self._seen: set[str] = set()
-        self.watermark = 0
+        self.watermarks: dict[int, int] = {}  # input partition -> its watermark (epoch s)
 
-    def update_and_read(self, events: Iterable[dict[str, Any]]) -> list[list[float]]:
-        return [r.values for r in self.results(events)]
+    @property
+    def watermark(self) -> int:
+        """Partition 0's watermark (the only one when no partitions are given)."""
+        return self.watermarks.get(0, 0)
 
-    def results(self, events: Iterable[dict[str, Any]]) -> list[WindowResult]:
+    def update_and_read(self, events: Iterable[dict[str, Any]],
+                        partitions: Iterable[int] | None = None) -> list[list[float]]:
+        return [r.values for r in self.results(events, partitions)]
+
+    def results(self, events: Iterable[dict[str, Any]], partitions: Iterable[int] | None = None) -> list[WindowResult]:
         out = []
         plan = self.plan
         spec = self.pipeline.event
-        for ev in events:
+        evs = list(events)
+        parts = list(partitions) if partitions is not None else [0] * len(evs)
+        for ev, part in zip(evs, parts, strict=True):
             eid = str(ev[spec.id_field])
             ts = int(ev[spec.time_field]) // 1_000_000
             ents = plan.entity_values(ev)
             nums = plan.numeric_values(ev)
             dist = plan.distinct_values(ev)
-            late = ts < self.watermark - plan.lateness_s
+            wm = self.watermarks.get(part, 0)
+            late = ts < wm - plan.lateness_s
             fresh = eid not in self._seen
             prev = {s: self._latest.get((s, ents[s - 1])) for s in range(1, len(ents) + 1)}
             applied = fresh and not late
             if applied:
                 self._seen.add(eid)
-                self.watermark = max(self.watermark, ts)
+                self.watermarks[part] = max(wm, ts)
                 for gi, g in enumerate(plan.groups, 1):
                     key = (gi, ents[g.entity_slot - 1], ts // g.bucket_s)
                     tile = self._tiles.setdefault(key, _Tile())

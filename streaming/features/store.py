@@ -8,6 +8,7 @@ served, for the label join).
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,8 +62,24 @@ class ServedVector:
 
     @classmethod
     def from_bytes(cls, event_id: str, data: bytes) -> ServedVector:
-        d = orjson.loads(data)
-        return cls(event_id, d["x"], d["v"], d["s"], d["t"], d.get("f", ""), d.get("hv"), d.get("h"))
+        """Parse a feature-log entry; ValueError saying what is wrong with a malformed one."""
+        try:
+            d = orjson.loads(data)
+            x = [float(v) for v in d["x"]]
+            sv = cls(event_id, x, str(d["v"]), float(d["s"]), int(d["t"]), str(d.get("f", "")), d.get("hv"),
+                     None if d.get("h") is None else float(d["h"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"unreadable feature-log entry for {event_id!r}: {type(exc).__name__}: {exc}") from None
+        if not all(math.isfinite(v) for v in sv.x) or not math.isfinite(sv.score):
+            raise ValueError(f"feature-log entry for {event_id!r} holds a non-finite number")
+        return sv
+
+
+def _parse(event_id: str, data: bytes) -> ServedVector | ValueError:
+    try:
+        return ServedVector.from_bytes(event_id, data)
+    except ValueError as exc:
+        return exc
 
 
 def drop_namespace(url: str, prefix: str, *, batch: int = 1000) -> int:
@@ -88,11 +105,12 @@ def drop_namespace(url: str, prefix: str, *, batch: int = 1000) -> int:
 
 
 class FeatureStore(Protocol):
-    async def update_and_read(self, events: Sequence[dict[str, Any]]) -> list[WindowResult]: ...
+    async def update_and_read(self, events: Sequence[dict[str, Any]],
+                              partitions: Sequence[int] | None = None) -> list[WindowResult]: ...
 
     async def log_served(self, served: Sequence[ServedVector]) -> None: ...
 
-    async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | None]: ...
+    async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | ValueError | None]: ...
 
     async def close(self) -> None: ...
 
@@ -131,7 +149,17 @@ class RedisFeatureStore:
         """The Redis key of one entity value (slot: 1-based index into ``plan.entities``)."""
         return f"{self.prefix}e2:{{{self._tags[slot - 1]}={value}}}"
 
-    async def update_and_read(self, events: Sequence[dict[str, Any]]) -> list[WindowResult]:
+    def watermark_key(self, partition: int) -> str:
+        """The Redis key of one input partition's watermark (the latest applied event time, epoch s)."""
+        return f"{self.prefix}wm:{partition}"
+
+    async def update_and_read(self, events: Sequence[dict[str, Any]],
+                              partitions: Sequence[int] | None = None) -> list[WindowResult]:
+        """Apply ``events`` to their windows and read every event's window features (one script call).
+
+        ``partitions``: each event's input partition, whose watermark decides whether it is late
+        (None: all in partition 0).
+        """
         if not events:
             return []
         spec = self.pipeline.event
@@ -149,15 +177,21 @@ class RedisFeatureStore:
         for s in range(ne):
             offsets.append(len(keys) + 1)
             keys.extend(self.entity_key(s + 1, v) for v in index[s])
+        parts = partitions if partitions is not None else [0] * len(events)
+        wm_index: dict[int, int] = {}
+        for p in parts:
+            wm_index.setdefault(p, len(wm_index) + 1)
+        keys.extend(self.watermark_key(p) for p in wm_index)
         nums: list[float] = []
         strings: list[str] = []
-        for ev, vals in zip(events, ents, strict=True):
+        for ev, vals, p in zip(events, ents, parts, strict=True):
             nums.append(int(ev[spec.time_field]) // 1_000_000)
+            nums.append(wm_index[p])
             nums.extend(index[s][v] + offsets[s] for s, v in enumerate(vals))
             nums.extend(plan.numeric_values(ev))
             strings.append(str(ev[spec.id_field]))
             strings.extend(plan.distinct_values(ev))
-        args: list[Any] = [self.prefix, self.dedupe_ttl_s, *(len(i) for i in index),
+        args: list[Any] = [self.prefix, self.dedupe_ttl_s, *(len(i) for i in index), len(wm_index),
                            struct.pack(f"<{len(nums)}d", *nums), *strings]
         self.round_trips += 1
         raw = await self._script(keys=keys, args=args)
@@ -174,7 +208,8 @@ class RedisFeatureStore:
         await self._log_script(keys=[self._log_key(s.event_id) for s in served],
                                args=[self.log_ttl_s, *(s.to_bytes() for s in served)])
 
-    async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | None]:
+    async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | ValueError | None]:
+        """Each event's served vector: None when the log has none, the ValueError of an unreadable entry."""
         if not event_ids:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -182,7 +217,7 @@ class RedisFeatureStore:
             pipe.get(self._log_key(eid))
         self.round_trips += 1
         raw = await pipe.execute()
-        return [None if d is None else ServedVector.from_bytes(eid, d) for eid, d in zip(event_ids, raw, strict=True)]
+        return [None if d is None else _parse(eid, d) for eid, d in zip(event_ids, raw, strict=True)]
 
     async def close(self) -> None:
         await self.client.aclose()

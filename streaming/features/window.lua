@@ -1,9 +1,12 @@
 -- Apply a micro-batch of events to per-entity window state and return every event's features.
 -- See docs/features.md (semantics) and streaming/features/layout.py (the plan).
--- KEYS: the batch's distinct entity keys, those of entity 1 first, then those of entity 2, ...
+-- KEYS: the batch's distinct entity keys, those of entity 1 first, then those of entity 2, ...,
+-- then the watermark keys (one per input partition of the batch: the watermark is per partition,
+-- so one partition's clock never makes another's events late).
 -- ARGV[1] = key prefix, ARGV[2] = dedupe period (s), ARGV[3 .. 2+ne] = how many keys of each
--- entity, ARGV[3+ne] = the batch's numbers as little-endian doubles, per event:
--- event time (s), the index in KEYS of each of its entities (ne), its numeric values (nn);
+-- entity, ARGV[3+ne] = how many watermark keys, ARGV[4+ne] = the batch's numbers as little-endian
+-- doubles, per event: event time (s), the index of its watermark key (1-based, among the
+-- watermark keys), the index in KEYS of each of its entities (ne), its numeric values (nn);
 -- then per event: id, distinct values (nh).
 -- Returns one string of little-endian doubles: per event one value per read, then a status:
 -- 0 seen before, 1 applied, 2 late (not applied).
@@ -19,9 +22,10 @@ local prefix = ARGV[1]
 local dedupe_ttl = tonumber(ARGV[2])
 local ne, nn, nh = plan.ne, plan.nn, plan.nh
 local lateness = plan.late
-local m = 1 + ne + nn -- numbers per event
+local m = 2 + ne + nn -- numbers per event
 local stride = 1 + nh -- strings per event
-local a0 = 3 + ne
+local nwm = tonumber(ARGV[3 + ne])
+local a0 = 4 + ne
 local nev = (#ARGV - a0) / stride
 local floor, tonumber, spack, sunpack, unpack = math.floor, tonumber, struct.pack, struct.unpack, unpack
 local rcall = redis.call
@@ -52,10 +56,13 @@ end
 -- previous one, so it is remembered for at least one period and at most two
 local gen = floor(tonumber(rcall('TIME')[1]) / dedupe_ttl)
 local genkey, prevkey, metakey = prefix .. 'seen:' .. gen, prefix .. 'seen:' .. (gen - 1), prefix .. 'seen:gen'
-local wmkey = prefix .. 'wm'
-local meta = rcall('MGET', wmkey, metakey)
-local wm0 = tonumber(meta[1] or '') or 0
-local wm = wm0
+local nkeys = #KEYS - nwm
+local meta = rcall('MGET', metakey, unpack(KEYS, nkeys + 1, #KEYS))
+local wm0, wms = {}, {}
+for w = 1, nwm do
+  wm0[w] = tonumber(meta[w + 1] or '') or 0
+  wms[w] = wm0[w]
+end
 
 local seen = {}
 do
@@ -76,19 +83,18 @@ local N
 do
   local total = nev * m
   if total <= 4000 then
-    N = {sunpack(fmt_of(total), ARGV[3 + ne])}
+    N = {sunpack(fmt_of(total), ARGV[a0])}
   else
     N = {}
     for j0 = 0, total - 1, 4000 do
       local cnt = math.min(4000, total - j0)
-      local part = {sunpack(fmt_of(cnt), ARGV[3 + ne], j0 * 8 + 1)}
+      local part = {sunpack(fmt_of(cnt), ARGV[a0], j0 * 8 + 1)}
       for j = 1, cnt do N[j0 + j] = part[j] end
     end
   end
 end
 
 -- every entity of the batch, read with one MGET (in slices)
-local nkeys = #KEYS
 local states, slot_of, dirty = {}, {}, {}
 do
   local j = 0
@@ -119,8 +125,9 @@ for i = 0, nev - 1 do
   local base = a0 + i * stride
   local nb = i * m
   local ts = N[nb + 1]
+  local wi = N[nb + 2]
   local o0 = i * (nreads + 1)
-  for s = 1, ne do ki[s] = N[nb + 1 + s] end
+  for s = 1, ne do ki[s] = N[nb + 2 + s] end
   -- the latest event before this one, as `last` / `seconds_since_last` read it
   for j = 1, #lastreads do
     local r = lastreads[j]
@@ -133,7 +140,7 @@ for i = 0, nev - 1 do
     out[o0 + r.i] = val
   end
   local status = 2
-  if ts >= wm - lateness then
+  if ts >= wms[wi] - lateness then
     local id = ARGV[base + 1]
     if seen[id] then
       status = 0
@@ -144,8 +151,8 @@ for i = 0, nev - 1 do
     end
   end
   if status == 1 then
-    if ts > wm then wm = ts end
-    for f = 1, nn do x[f] = N[nb + 1 + ne + f] end
+    if ts > wms[wi] then wms[wi] = ts end
+    for f = 1, nn do x[f] = N[nb + 2 + ne + f] end
     for gi = 1, ngroups do
       local g = groups[gi]
       local k = ki[g.e]
@@ -267,10 +274,12 @@ for k = 1, nkeys do
     rcall('SET', KEYS[k], spack(fmt_of(#st), unpack(st)), 'EX', ents[slot_of[k]].ttl)
   end
 end
-if wm > wm0 then rcall('SET', wmkey, string.format('%.17g', wm)) end
+for w = 1, nwm do
+  if wms[w] > wm0[w] then rcall('SET', KEYS[nkeys + w], string.format('%.17g', wms[w])) end
+end
 if #added > 0 then
   for j0 = 1, #added, 1000 do rcall('SADD', genkey, unpack(added, j0, math.min(j0 + 999, #added))) end
-  if tonumber(meta[2] or '') ~= gen then
+  if tonumber(meta[1] or '') ~= gen then
     -- a new period: this set lives until the end of the next one; the one before the previous is
     -- freed now, in the background (UNLINK), rather than by expiry (a large set blocks when freed)
     rcall('EXPIREAT', genkey, (gen + 2) * dedupe_ttl + 60)

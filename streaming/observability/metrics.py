@@ -52,7 +52,16 @@ class Metrics:
         )
         self.queue_rows = Gauge("streaming_batch_queue_rows", "Rows waiting in the inference queue.", registry=r)
         self.consumer_lag = Gauge(
-            "streaming_consumer_lag_messages", "Messages behind the log end.", ["topic", "partition"], registry=r
+            "streaming_consumer_lag_messages", "Messages behind the log end (taken by the worker).",
+            ["topic", "partition"], registry=r
+        )
+        self.committed_lag = Gauge(
+            "streaming_consumer_committed_lag_messages",
+            "Messages between the committed offset and the log end (what a restart would read again).",
+            ["topic", "partition"], registry=r
+        )
+        self.acks_waiting = Gauge(
+            "streaming_acks_waiting", "Acknowledgements held back until an earlier offset is acknowledged.", registry=r
         )
         self.loop_lag = Gauge("streaming_event_loop_lag_seconds", "How late the event loop runs a 0.1 s timer.", registry=r)
         self.store_seconds = Histogram(
@@ -76,7 +85,7 @@ class Metrics:
         self.fallback = Counter(
             "streaming_fallback_predictions", "Predictions not from the model, by reason.", ["reason"], registry=r
         )
-        self.labels = Counter("streaming_labels", "Labels by outcome (joined, unjoined, invalid).", ["outcome"], registry=r)
+        self.labels = Counter("streaming_labels", "Labels by outcome (joined, unjoined, invalid, unlearnable).", ["outcome"], registry=r)
         self.online_metric = Gauge(
             "streaming_online_metric", "Prequential metric against labels.", ["model", "scorer", "metric"], registry=r
         )

@@ -24,6 +24,7 @@ from streaming.pipeline.spec import (
     Feature,
     FieldFeature,
     LearnerSpec,
+    Limits,
     ModelSpec,
     MonitorSpec,
     Pipeline,
@@ -172,6 +173,42 @@ def _batching(path: Path, raw: Any) -> BatchingSpec:
     )
 
 
+def _limits(path: Path, raw: Any) -> Limits:
+    """The ``[limits]`` table: what one input record may be (sizes, depth, magnitudes, future event times)."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: [limits] must be a table")
+    d = Limits()
+    known = {"max_value_bytes", "max_depth", "max_string_chars", "max_abs_number", "max_future", "dead_letter_bytes"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise PipelineError(f"{path}: [limits] unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+    def positive_int(key: str, default: int, top: int) -> int:
+        v = raw.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= top:
+            raise PipelineError(f"{path}: [limits] {key} must be an integer from 1 to {top}, got {v!r}")
+        return v
+
+    magnitude = raw.get("max_abs_number", d.max_abs_number)
+    if isinstance(magnitude, bool) or not isinstance(magnitude, int | float) or not 0 < magnitude <= 1e30:
+        raise PipelineError(f"{path}: [limits] max_abs_number must be a number above 0 and at most 1e30 "
+                            f"(float32 vectors and window sums must not overflow), got {magnitude!r}")
+    try:
+        future = parse_duration(raw.get("max_future", d.max_future_s))
+    except ValueError as exc:
+        raise PipelineError(f"{path}: [limits] max_future: {exc}") from None
+    if not 0 <= future <= 366 * 86400:
+        raise PipelineError(f"{path}: [limits] max_future must be between 0 and 366d, got {raw.get('max_future')!r}")
+    return Limits(
+        max_value_bytes=positive_int("max_value_bytes", d.max_value_bytes, 16 * 1024 * 1024),
+        max_depth=positive_int("max_depth", d.max_depth, 48),  # see check_json_depth: deep values are refused unbuilt
+        max_string_chars=positive_int("max_string_chars", d.max_string_chars, 1024 * 1024),
+        max_abs_number=float(magnitude),
+        max_future_s=future,
+        dead_letter_bytes=positive_int("dead_letter_bytes", d.dead_letter_bytes, 16 * 1024 * 1024),
+    )
+
+
 def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
     """Read and validate a pipeline file; register its own event schema if it has one."""
     try:
@@ -279,6 +316,7 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
         raise PipelineError(f"{path}: [pipeline] on_store_error must be pause or default, got {on_error!r}")
     return Pipeline(
         batching=_batching(path, raw.get("batching", {})),
+        limits=_limits(path, raw.get("limits", {})),
         lateness_s=c.duration("[pipeline] lateness", head.get("lateness", "1m")),
         on_store_error=on_error,
         name=name,

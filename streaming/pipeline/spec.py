@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from streaming.events.limits import Limits
+
 __all__ = [
     "EventSpec",
     "FieldFeature",
@@ -21,6 +23,7 @@ __all__ = [
     "Pipeline",
     "BatchingSpec",
     "BATCH_POLICIES",
+    "Limits",
     "parse_duration",
 ]
 
@@ -181,6 +184,7 @@ class Pipeline:
     lateness_s: int = 60  # events older than the watermark minus this are not applied (flagged late)
     on_store_error: str = "pause"  # or "default": score with default features, flagged
     batching: BatchingSpec = field(default_factory=BatchingSpec)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def window_features(self) -> tuple[WindowFeature, ...]:

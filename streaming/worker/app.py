@@ -7,7 +7,10 @@ event. The events go through the :class:`~streaming.worker.loop.ScoreLoop`,
 the labels through the :class:`~streaming.worker.learn.LabelProcessor`; one
 :class:`~streaming.worker.publisher.Publisher` sends what both produce and
 acks their input messages once the broker has it, so Faust commits an offset
-only after its prediction (or dead letter) is on the broker.
+only after its prediction (or dead letter) is on the broker. The acks pass
+through :class:`~streaming.worker.acks.OrderedAcks`, which releases them in
+offset order per partition. A failed loop (inference, publisher, a handler)
+ends the process with status 70 (:mod:`streaming.worker.fatal`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import faust
 
 from streaming.settings import Settings
 from streaming.worker import transport
+from streaming.worker.acks import OrderedAcks
 from streaming.worker.batcher import policy_for
+from streaming.worker.fatal import crash
 from streaming.worker.intake import register_batch_handler
 from streaming.worker.learn import LabelProcessor
 from streaming.worker.loop import ScoreLoop
@@ -65,6 +70,23 @@ def to_records(messages: Sequence[Any], offsets: dict[tuple[str, int], int]) -> 
     return out
 
 
+async def _report_lag(consumer: Any, topics: Sequence[str], offsets: dict[tuple[str, int], int], rt: Runtime) -> None:
+    """Lag behind the log end of what the worker took, and of what the group committed."""
+    committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})  # Faust's, updated per commit
+    for tp in consumer.assignment():
+        if tp.topic not in topics:
+            continue
+        end = consumer.highwater(tp)
+        done = offsets.get((tp.topic, tp.partition))
+        if done is None:
+            done = await consumer.position(tp) or 0
+        labels = (tp.topic, str(tp.partition))
+        rt.metrics.consumer_lag.labels(*labels).set(max(0, end - done))
+        c = committed.get(tp)
+        if c is not None:
+            rt.metrics.committed_lag.labels(*labels).set(max(0, end - c))
+
+
 def app_keywords(s: Settings, bootstrap: str) -> dict[str, Any]:
     """The ``faust.App`` keywords of our worker (also used by the benchmark's Faust apps, so they run alike)."""
     return dict(
@@ -95,16 +117,19 @@ def create_app(rt: Runtime) -> StreamingApp:
     policy = policy_for(spec, rt.models.active, s.batch_policy)
     log.info("inference batching: %s, max %d rows, budget %.1f ms, queue bound %d rows",
              policy.name, policy.max_rows, spec.budget_ms, spec.queue_rows)
-    publisher = Publisher(app, rt.metrics, functools.partial(ack_message, app))
+    acks = OrderedAcks(functools.partial(ack_message, app))
+    publisher = Publisher(app, rt.metrics, acks.ack, on_failure=lambda exc: crash("publishing", exc))
     score = ScoreLoop(ScoreProcessor(rt), publisher, policy, rt.models, rt.metrics, queue_rows=spec.queue_rows,
-                      take_rows=s.batch_max_rows)
+                      take_rows=s.batch_max_rows, on_failure=lambda exc: crash("the inference loop", exc))
     learner = LabelProcessor(rt)
     offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> the next offset to process (consumer lag)
 
     async def take_events(messages: list[Any]) -> None:
+        acks.track(messages)
         await score.take(to_records(messages, offsets), messages)
 
     async def take_labels(messages: list[Any]) -> None:
+        acks.track(messages)
         publisher.check()
         batch = await learner.process(to_records(messages, offsets))
         await publisher.publish(batch.out, messages, [])  # acked once its records (if any) are on the broker
@@ -115,19 +140,19 @@ def create_app(rt: Runtime) -> StreamingApp:
 
     @app.timer(interval=1.0)
     async def watch_models() -> None:
-        await rt.models.refresh()  # loads and warms in the default thread pool, not the inference thread
+        try:
+            await rt.models.refresh()  # loads and warms in the default thread pool, not the inference thread
+        except Exception as exc:  # refresh refuses bad versions itself; this is a last guard for the timer
+            log.error("checking for model changes failed (%s: %s); the current model keeps serving",
+                      type(exc).__name__, exc)
 
     @app.timer(interval=5.0)
     async def consumer_lag() -> None:
-        consumer = app.consumer
-        for tp in consumer.assignment():
-            if tp.topic not in (s.topic_events, s.topic_labels):
-                continue
-            done = offsets.get((tp.topic, tp.partition))
-            if done is None:
-                done = await consumer.position(tp) or 0
-            lag = max(0, consumer.highwater(tp) - done)
-            rt.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        try:
+            await _report_lag(app.consumer, (s.topic_events, s.topic_labels), offsets, rt)
+        except Exception as exc:  # a metric must never stop the worker
+            log.warning("consumer lag not reported (%s: %s)", type(exc).__name__, exc)
+        rt.metrics.acks_waiting.set(acks.waiting())
 
     @app.timer(interval=1.0)
     async def loop_lag() -> None:

@@ -13,6 +13,11 @@ the flow stops and skips partitions that are no longer active), offsets and comm
 is tracked (``Consumer.track_message``) before the handler gets it and acked on the consumer
 (``Consumer.ack``) once its output is on the broker, so Faust commits only acknowledged offsets
 and waits for them on a rebalance or a clean stop.
+
+A handler that raises ends the process (:func:`streaming.worker.fatal.crash`): the records it held
+stay unacknowledged and are redelivered after the supervisor restarts the worker. Records are
+turned into dead letters one by one inside the handlers; what escapes one is a failure of the
+worker itself (its publisher, its inference loop), not of a record.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+
+from streaming.worker.fatal import crash
 
 __all__ = ["BatchDrain", "BatchHandler", "register_batch_handler"]
 
@@ -92,7 +99,12 @@ class BatchDrain:
                     if msgs:
                         for msg in msgs:
                             track(msg)  # pending until the handler's ack: commits wait for it
-                        await me.wait_first(handler(msgs), me.suspend_flow.wait())
+                        try:
+                            await me.wait_first(handler(msgs), me.suspend_flow.wait())
+                        except Exception as exc:
+                            if isinstance(exc, me.consumer_stopped_errors) and me.transport.app.should_stop:
+                                return
+                            crash(f"the {msgs[0].topic!r} handler", exc)
         except me.consumer_stopped_errors:
             if me.transport.app.should_stop:
                 return

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from streaming.inference.batching import BatchPolicy, Dispatch
@@ -38,7 +38,8 @@ class ScoreLoop:
     """Takes consumer batches, queues their rows for the batch policy, scores and publishes each dispatched batch."""
 
     def __init__(self, scorer: ScoreProcessor, publisher: Publisher, policy: BatchPolicy, models: ModelManager,
-                 metrics: Metrics, *, queue_rows: int, take_rows: int) -> None:
+                 metrics: Metrics, *, queue_rows: int, take_rows: int,
+                 on_failure: Callable[[BaseException], Any] | None = None) -> None:
         self.scorer = scorer
         self.publisher = publisher
         self.policy = policy
@@ -48,10 +49,19 @@ class ScoreLoop:
         self._serving = models.active
         self.batcher: Batcher[Row] = Batcher(policy, self.run_batch, bound=queue_rows, metrics=metrics)
         self._runner: asyncio.Future[None] | None = None
+        self.on_failure = on_failure  # called at once when the inference loop fails (the worker exits)
 
     def start(self) -> None:
         if self._runner is None:
             self._runner = asyncio.ensure_future(self.batcher.run())
+            self._runner.add_done_callback(self._ended)
+
+    def _ended(self, runner: asyncio.Future[None]) -> None:
+        if runner.cancelled() or self.on_failure is None:
+            return
+        exc = runner.exception()
+        if exc is not None:
+            self.on_failure(exc)
 
     def check(self) -> None:
         """Raise what stopped the inference loop or the publisher (nothing of the failed batch is acked)."""

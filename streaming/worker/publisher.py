@@ -5,8 +5,8 @@ publisher's task sends what is queued and, once the broker has acknowledged
 it, acks the batch's Faust events, so an offset is committed only after its
 prediction (or dead letter) is on the broker. The inference loop never waits
 for the broker: the next batch runs while this one is on its way. A failed
-send is raised from the next :meth:`publish` or :meth:`check` (the agent
-stops; unacked events are redelivered).
+send is raised from the next :meth:`publish` or :meth:`check` and reported
+to ``on_failure`` (the worker exits; unacked events are redelivered).
 
 Records go to the broker as whole record batches, one per topic partition
 (:class:`BatchSender`: aiokafka's ``create_batch``/``send_batch``), not one
@@ -104,8 +104,10 @@ class Publisher:
     broker, the larger and fewer the requests (Tansu's cost is per request, docs/platform.md).
     """
 
-    def __init__(self, app: faust.App, metrics: Metrics, ack: Ack, *, max_queued: int = 50_000) -> None:
+    def __init__(self, app: faust.App, metrics: Metrics, ack: Ack, *, max_queued: int = 50_000,
+                 on_failure: Callable[[BaseException], Any] | None = None) -> None:
         self.app = app
+        self.on_failure = on_failure  # called at once when a send fails (the worker exits)
         self.ack = ack
         self.metrics = metrics
         self.max_queued = max_queued
@@ -168,6 +170,8 @@ class Publisher:
         self._failed = exc
         self._space.set()
         self._idle.set()
+        if self.on_failure is not None:
+            self.on_failure(exc)
 
     async def _settle(self, futures: list[Any], taken: list[tuple[list[OutRecord], list[Any], list[int], float]]) -> None:
         try:

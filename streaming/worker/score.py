@@ -1,15 +1,19 @@
 """The score step: decode, features, inference, predictions (one micro-batch).
 
-Bad input becomes a dead letter with its reason; a failing model falls back
-to the online learner (flagged); a failing feature store is retried with
-backoff, which blocks the agent and so pauses consumption (nothing is lost).
+Bad input becomes a dead letter with its reason: whatever one record raises
+while it is decoded, checked against the pipeline's limits, or turned into
+features is that record's dead letter, never the batch's failure. A failing
+model falls back to the online learner (flagged); a failing feature store is
+retried with backoff, which blocks the agent and so pauses consumption
+(nothing is lost); a batch the feature script refuses (a Redis script error,
+not a connection error) is split until the record behind it is found and
+dead-lettered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,12 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from redis.exceptions import ResponseError
 
 from streaming.events.codec import DecodeError
 from streaming.events.deadletter import DeadLetter
+from streaming.events.limits import LimitError, check_magnitudes
 from streaming.events.producer import entity_key
 from streaming.features.store import ServedVector, WindowResult
 from streaming.inference.session import OnnxModel
+from streaming.pipeline.spec import FieldFeature
 from streaming.worker.records import InRecord, OutRecord
 from streaming.worker.runtime import Runtime
 
@@ -88,30 +95,50 @@ class ScoreProcessor:
         self._log_tasks: set[asyncio.Task[None]] = set()
         self.run_s = 0.0  # inference time measured on the inference thread (see ScoredBatch.service_s)
         self.max_log_tasks = 8
+        self.limits = rt.pipeline.limits
+        self.max_future_s = rt.pipeline.limits.max_future_s
+        # the numeric fields that reach a window sum or the vector: bounded by the limits' max_abs_number
+        pipeline = rt.pipeline
+        self.numeric_fields = sorted({f.field for f in pipeline.window_features if f.field is not None}
+                                     | {f.field for f in pipeline.features if isinstance(f, FieldFeature)
+                                        and f.equals is None})
 
     def _dlq(self, rec: InRecord, stage: str, exc: BaseException) -> OutRecord:
         dl = dead_letter(rec, stage, exc)
         self.rt.metrics.deadletters.labels(stage).inc()
         self.rt.metrics.events.labels("deadletter").inc()
-        return OutRecord(self.topic_dlq, rec.key, rec.value, dl.headers())
+        key, value, headers = dl.parts(self.rt.pipeline.limits.dead_letter_bytes)
+        return OutRecord(self.topic_dlq, key, value, headers)
 
-    def _check(self, ev: dict[str, Any]) -> None:
-        t = ev[self.rt.pipeline.event.time_field]
-        if not isinstance(t, int) or t <= 0:
-            raise DecodeError(f"{self.rt.pipeline.event.time_field} must be positive epoch microseconds, got {t!r}")
-        for f in self.rt.pipeline.window_features:
-            if f.field is not None and not math.isfinite(float(ev[f.field] or 0.0)):
-                raise DecodeError(f"{f.field} is not a finite number: {ev[f.field]!r}")
+    def _check(self, ev: dict[str, Any], now_us: int) -> None:
+        """The event's time is plausible and every value the features read is finite."""
+        name = self.rt.pipeline.event.time_field
+        t = ev[name]
+        if not isinstance(t, int) or isinstance(t, bool) or t <= 0:
+            raise DecodeError(f"{name} must be positive epoch microseconds, got {t!r}")
+        ahead_s = (t - now_us) / 1e6
+        if ahead_s > self.max_future_s:
+            raise DecodeError(f"{name} {t} is {ahead_s:.0f}s ahead of the worker's clock (limit max_future "
+                              f"{self.max_future_s:g}s; epoch microseconds expected)")
+        try:
+            check_magnitudes(ev, self.numeric_fields, self.limits)
+        except LimitError as exc:
+            raise DecodeError(str(exc)) from None
 
-    async def _windows(self, events: list[dict[str, Any]]) -> list[WindowResult] | None:
-        """The batch's window features; None when the store failed and the pipeline says to use defaults."""
+    async def _windows(self, events: list[dict[str, Any]], partitions: list[int]) -> list[WindowResult] | None:
+        """The batch's window features; None when the store failed and the pipeline says to use defaults.
+
+        Raises ResponseError when the feature script refused the batch (see :meth:`_split_windows`)."""
         delay = 0.05
         while True:
             t0 = time.perf_counter()
             try:
-                result = await self.rt.store.update_and_read(events)
+                result = await self.rt.store.update_and_read(events, partitions)
                 self.rt.metrics.store_seconds.labels("update_and_read").observe(time.perf_counter() - t0)
                 return result
+            except ResponseError:
+                self.rt.metrics.store_errors.labels("update_and_read").inc()
+                raise  # the script refused this batch's data: retrying it would fail forever
             except Exception as exc:  # redis raises several types; all mean "retry"
                 self.rt.metrics.store_errors.labels("update_and_read").inc()
                 if self.rt.pipeline.on_store_error == "default":
@@ -190,29 +217,75 @@ class ScoreProcessor:
         dead: list[tuple[OutRecord, Any]] = []
         good: list[tuple[InRecord, dict[str, Any], Any]] = []
         t0 = time.perf_counter()
+        now_us = _now_us()
+        limits = self.limits
         for rec, tok in zip(records, toks, strict=True):
             try:
-                ev = rt.codec.decode(self.subject, rec.value)
-                self._check(ev)
+                ev = rt.codec.decode(self.subject, rec.value, limits)
+                self._check(ev, now_us)
                 good.append((rec, ev, tok))
-            except (DecodeError, KeyError, TypeError, ValueError) as exc:
+            except Exception as exc:  # whatever one record raises is that record's dead letter
                 dead.append((self._dlq(rec, "decode", exc), tok))
         m.stage.labels("decode").observe(time.perf_counter() - t0)
         if not good:
             return Prepared(dead, [])
-        events = [ev for _, ev, _ in good]
         t1 = time.perf_counter()
-        found = await self._windows(events)
-        degraded = found is None
-        windows = found if found is not None else [self._defaults] * len(events)
+        good, windows, degraded = await self._split_windows(good, dead)
+        if not good:
+            return Prepared(dead, [])
         if degraded:
-            m.events.labels("degraded").inc(len(events))
+            m.events.labels("degraded").inc(len(good))
         features_at = _now_us()
         m.stage.labels("features").observe(time.perf_counter() - t1)
-        X = rt.vectors.matrix(events, [w.values for w in windows])
-        rows = [Row(rec, ev, w, X[i], degraded, features_at, tok)
-                for i, ((rec, ev, tok), w) in enumerate(zip(good, windows, strict=True))]
+        rows = self._rows(good, windows, degraded, features_at, dead)
         return Prepared(dead, rows)
+
+    async def _split_windows(self, good: list[tuple[InRecord, dict[str, Any], Any]],
+                             dead: list[tuple[OutRecord, Any]],
+                             ) -> tuple[list[tuple[InRecord, dict[str, Any], Any]], list[WindowResult], bool]:
+        """The window features of ``good``; a batch the feature script refuses is halved until the record
+        behind the refusal is alone, and that record goes to ``dead`` (the script writes only at its end,
+        so a refused call changed nothing)."""
+        try:
+            found = await self._windows([ev for _, ev, _ in good], [rec.partition for rec, _, _ in good])
+        except ResponseError as exc:
+            if len(good) == 1:
+                rec, _, tok = good[0]
+                dead.append((self._dlq(rec, "features", exc), tok))
+                return [], [], False
+            half = len(good) // 2
+            a, wa, da = await self._split_windows(good[:half], dead)
+            b, wb, db = await self._split_windows(good[half:], dead)
+            if da or db:  # the store went down meanwhile: defaults for all of them (flagged)
+                return a + b, [self._defaults] * (len(a) + len(b)), True
+            return a + b, wa + wb, False
+        if found is None:
+            return good, [self._defaults] * len(good), True
+        return good, found, False
+
+    def _rows(self, good: list[tuple[InRecord, dict[str, Any], Any]], windows: list[WindowResult], degraded: bool,
+              features_at: int, dead: list[tuple[OutRecord, Any]]) -> list[Row]:
+        """The rows ready for inference; a record whose vector cannot be built or is not finite is a dead letter."""
+        vectors = self.rt.vectors
+        try:
+            X = vectors.matrix([ev for _, ev, _ in good], [w.values for w in windows])
+            ok = np.isfinite(X).all(axis=1)
+            if ok.all():
+                return [Row(rec, ev, w, X[i], degraded, features_at, tok)
+                        for i, ((rec, ev, tok), w) in enumerate(zip(good, windows, strict=True))]
+        except Exception:
+            pass
+        rows = []
+        for (rec, ev, tok), w in zip(good, windows, strict=True):
+            try:
+                x = np.asarray(vectors.row(ev, w.values), dtype=np.float32)
+                if not np.isfinite(x).all():
+                    raise ValueError("the feature vector is not finite: "
+                                     + ", ".join(n for n, v in zip(vectors.names, x, strict=True) if not np.isfinite(v)))
+                rows.append(Row(rec, ev, w, x, degraded, features_at, tok))
+            except Exception as exc:  # this record's vector: its dead letter
+                dead.append((self._dlq(rec, "features", exc), tok))
+        return rows
 
     async def _log_served(self, served: list[ServedVector]) -> None:
         """Write the served vectors to the feature log (best effort: the predictions go out regardless)."""
