@@ -3,7 +3,8 @@
 Each version holds ``model.onnx`` and ``metadata.json`` (inputs in order,
 sha256 of the ONNX file, metrics, training parameters and data window).
 ``models/<pipeline>/active.json`` names the active version and the ones active
-before it (for rollback); without it the newest version is active.
+before it (for rollback, and for a worker whose active version will not load:
+see :meth:`ModelRegistry.last_good`); without it the newest version is active.
 ``models/<pipeline>/shadow.json`` names a version scored in shadow, if any.
 Workers watch both files and change models between two batches.
 """
@@ -38,7 +39,14 @@ class ModelVersion:
 
     @property
     def inputs(self) -> list[str]:
-        return list(self.metadata["inputs"])
+        """The input names in order, from the metadata (:class:`ModelError` when missing or malformed)."""
+        inputs = self.metadata.get("inputs")
+        if inputs is None:
+            raise ModelError(f"{self.path / 'metadata.json'} has no \"inputs\" list: retrain with `streaming train`")
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            raise ModelError(f"{self.path / 'metadata.json'}: \"inputs\" must be a list of input names, "
+                             f"not {inputs!r}: retrain with `streaming train`")
+        return list(inputs)
 
     def verify(self) -> bytes:
         """The model bytes, after checking the sha256 recorded at training."""
@@ -58,15 +66,19 @@ class ModelRegistry:
         self.name = name
         self.dir = root / name
 
-    def versions(self) -> list[ModelVersion]:
+    def names(self) -> list[str]:
+        """The version names on disk, oldest first, without reading their metadata."""
         if not self.dir.is_dir():
             return []
         found = []
         for p in self.dir.iterdir():
             m = _VERSION.match(p.name)
             if m and (p / "metadata.json").exists():
-                found.append((int(m.group(1)), p))
-        return [self._load(p) for _, p in sorted(found)]
+                found.append((int(m.group(1)), p.name))
+        return [name for _, name in sorted(found)]
+
+    def versions(self) -> list[ModelVersion]:
+        return [self._load(self.dir / name) for name in self.names()]
 
     def _load(self, path: Path) -> ModelVersion:
         try:
@@ -102,18 +114,36 @@ class ModelRegistry:
 
     def pointers(self) -> tuple[str | None, str | None]:
         """(active version, shadow version) as the pointer files say; cheap, for watchers."""
-        active = self._pointer("active.json")
-        shadow = self._pointer("shadow.json")
-        return (active or {}).get("version"), (shadow or {}).get("version")
+        found = []
+        for name in ("active.json", "shadow.json"):
+            version = (self._pointer(name) or {}).get("version")
+            if version is not None and not isinstance(version, str):
+                raise ModelError(f"{self.dir / name}: \"version\" must be a version name, not {version!r}")
+            found.append(version)
+        return found[0], found[1]
 
-    def active(self) -> ModelVersion:
+    def active_name(self) -> str:
+        """The active version's name: ``active.json``'s, else the newest on disk (its files are not read)."""
         version, _ = self.pointers()
         if version is not None:
-            return self.get(version)
-        versions = self.versions()
-        if not versions:
+            return version
+        names = self.names()
+        if not names:
             raise ModelError(f"no model for pipeline {self.name!r} under {self.root}: run `streaming train`")
-        return versions[-1]
+        return names[-1]
+
+    def active(self) -> ModelVersion:
+        return self.get(self.active_name())
+
+    def last_good(self, bad: str) -> list[str]:
+        """The versions to try, in order, when ``bad`` (the active one) will not load: those active before it,
+        most recent first (``active.json``'s history), then the others on disk, newest first."""
+        current = self._pointer("active.json") or {}
+        history = current.get("history", [])
+        on_disk = self.names()
+        order = [v for v in reversed(history if isinstance(history, list) else []) if v in on_disk]
+        order += reversed(on_disk)
+        return [v for v in dict.fromkeys(order) if v != bad]
 
     def shadow(self) -> ModelVersion | None:
         _, version = self.pointers()
@@ -126,7 +156,7 @@ class ModelRegistry:
         current = self._pointer("active.json") or {}
         history = list(current.get("history", []))
         previous = current.get("version")
-        if previous is None and self.versions():
+        if previous is None and self.names():
             previous = self.active().version
         if previous is not None and previous != version:
             history.append(previous)

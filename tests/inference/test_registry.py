@@ -51,3 +51,34 @@ def test_a_corrupt_version_cannot_be_activated_or_shadowed(tmp_path: Path) -> No
         with pytest.raises(ModelError, match="sha256"):
             action()
     assert reg.pointers() == ("v1", None)
+
+
+def test_metadata_inputs_missing_or_malformed_are_a_model_error(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path, "fraud")
+    assert reg.write(b"x", {"inputs": ["a", "b"]}).inputs == ["a", "b"]
+    with pytest.raises(ModelError, match='has no "inputs" list'):
+        _ = reg.write(b"x", {"note": "no inputs"}).inputs
+    for bad in ("ab", [1, 2], {"a": 1}):
+        with pytest.raises(ModelError, match='"inputs" must be a list of input names'):
+            _ = reg.write(b"x", {"inputs": bad}).inputs
+
+
+def test_last_good_is_the_history_then_the_newest(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path, "fraud")
+    for b in (b"one", b"two", b"three", b"four"):
+        reg.write(b, {"inputs": ["a"]})
+    assert reg.last_good("v4") == ["v3", "v2", "v1"]  # no pointer: newest first
+    reg.activate("v2")
+    reg.activate("v4")  # history: v4 (newest before any pointer), v2
+    assert reg.active_name() == "v4"
+    assert reg.last_good("v4") == ["v2", "v3", "v1"]
+    (tmp_path / "fraud" / "active.json").write_text('{"version": "v4", "history": ["v1", "gone", "v3"]}')
+    assert reg.last_good("v4") == ["v3", "v1", "v2"]  # a version no longer on disk is skipped
+
+
+def test_a_pointer_must_name_a_version(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path, "fraud")
+    reg.write(b"one", {"inputs": ["a"]})
+    (tmp_path / "fraud" / "shadow.json").write_text('{"version": 1}')
+    with pytest.raises(ModelError, match='"version" must be a version name'):
+        reg.pointers()
