@@ -258,6 +258,56 @@ def consume(topic: str, start: str, max_records: int, timeout: float) -> None:
         reader.close()
 
 
+@cli.group()
+def dlq() -> None:
+    """Dead letters (STREAMING_TOPIC_DLQ): the original key and value, the reason in dlq.* headers."""
+
+
+@dlq.command("replay")
+@click.option("--reason", "reasons", multiple=True, metavar="TEXT",
+              help="Only dead letters whose dlq.reason contains TEXT (repeatable: any of them).")
+@click.option("--reason-regex", "reason_regexes", multiple=True, metavar="REGEX",
+              help="Only dead letters whose dlq.reason matches REGEX (Python re.search; repeatable).")
+@click.option("--stage", "stages", multiple=True, metavar="NAME",
+              help="Only dead letters of this dlq.stage, e.g. decode or label_decode (repeatable).")
+@click.option("--since", metavar="TIME", help="Only dead letters written at or after TIME (ISO 8601 or epoch ms).")
+@click.option("--until", metavar="TIME", help="Only dead letters written before TIME (ISO 8601 or epoch ms).")
+@click.option("--to-topic", metavar="T", help="Publish to T instead of each dead letter's dlq.topic.")
+@click.option("--dry-run", is_flag=True, help="Print what would be replayed (per source topic and reason); publish nothing.")
+@click.option("--limit", type=int, default=None, metavar="N", help="Replay at most N dead letters.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_friendly
+def dlq_replay(reasons: tuple[str, ...], reason_regexes: tuple[str, ...], stages: tuple[str, ...], since: str | None,
+               until: str | None, to_topic: str | None, dry_run: bool, limit: int | None, as_json: bool) -> None:
+    """Re-publish dead letters' original key and value bytes to their source topic (after a fix)."""
+    import re
+
+    from streaming.events.replay import parse_time_ms, replay
+    from streaming.infra.stack import check_broker, resolve_endpoints
+
+    patterns: list[str | re.Pattern[str]] = list(reasons)
+    for rx in reason_regexes:
+        try:
+            patterns.append(re.compile(rx))
+        except re.error as exc:
+            raise UserError(f"bad --reason-regex {rx!r}: {exc}") from None
+    since_ms = None if since is None else parse_time_ms(since)
+    until_ms = None if until is None else parse_time_ms(until)
+    if limit is not None and limit < 1:
+        raise UserError(f"bad --limit {limit}: give at least 1")
+    s = _settings()
+    bootstrap, _ = resolve_endpoints(s)
+    check_broker(bootstrap)
+    result = replay(bootstrap, s.topic_dlq, stages=stages, reasons=patterns, since_ms=since_ms, until_ms=until_ms,
+                    to_topic=to_topic, dry_run=dry_run, limit=limit, progress=True)
+    for line in result.summary_lines():
+        click.echo(line, err=as_json)
+    if as_json:
+        click.echo(orjson.dumps(result.as_dict()).decode())
+    if result.skipped_missing_topic:
+        sys.exit(1)
+
+
 # -- models ------------------------------------------------------------------
 @cli.command()
 @click.option("--seed", type=int, default=None, help="Override the pipeline's training seed.")
