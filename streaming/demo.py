@@ -15,6 +15,7 @@ import json
 import signal
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,9 @@ def _sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: st
     return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
 
 
-def count_records(bootstrap: str, topic: str, since_ms: int, idle_s: float = 1.0) -> int:
-    """Records in ``topic`` with a timestamp at or after ``since_ms``.
+def count_records(bootstrap: str, topic: str, since_ms: int, idle_s: float = 1.0,
+                  where: Callable[[dict[str, bytes]], bool] | None = None) -> int:
+    """Records in ``topic`` with a timestamp at or after ``since_ms`` (and whose headers pass ``where``).
 
     Read, not computed from watermarks: Tansu's high watermark counts batches
     (the base offset of the last batch + 1), not records.
@@ -73,10 +75,14 @@ def count_records(bootstrap: str, topic: str, since_ms: int, idle_s: float = 1.0
             msgs = reader.poll(0.2)
             if msgs:
                 idle_since = time.monotonic()
-            n += sum(1 for m in msgs if m.timestamp()[1] >= since_ms)
+            n += sum(1 for m in msgs if m.timestamp()[1] >= since_ms and (where is None or where(_headers(m))))
         return n
     finally:
         reader.close()
+
+
+def _headers(message: Any) -> dict[str, bytes]:
+    return {k: v if isinstance(v, bytes) else str(v or "").encode() for k, v in (message.headers() or [])}
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -188,6 +194,8 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         player.drain_labels(label_delay + 1.0)
         time.sleep(3.0)  # let the learn agent take the last labels
         samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        events_topic = settings.topic_events.encode()
+        from_events = lambda h: h.get("dlq.topic") == events_topic  # noqa: E731
         got = reader.stop()
         reader = None
         mine = _own(got, id_prefix)
@@ -201,7 +209,9 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
             "missing_predictions": len(missing),
             "duplicate_predictions": got.duplicates,
             "malformed_records_sent": len(BAD_RECORDS),
-            "dead_letters": count_records(bootstrap, settings.topic_dlq, started_ms),
+            "dead_letters": count_records(bootstrap, settings.topic_dlq, started_ms, where=from_events),
+            "label_dead_letters": count_records(bootstrap, settings.topic_dlq, started_ms,
+                                                where=lambda h: not from_events(h)),
             "e2e_latency_ms": {k: round(v, 2) for k, v in e2e.items() if k != "count"},
             "worker_latency_ms": {k: round(v, 2) for k, v in wk.items() if k != "count"},
             "labels_published": stats.labels,
@@ -261,7 +271,8 @@ def _write(summary: dict[str, Any], path: Path, say: Any) -> None:
         f"worker latency (ms)    p50 {wk['p50']:.1f}  p95 {wk['p95']:.1f}  p99 {wk['p99']:.1f}"
         "   (event record timestamp -> score ready)",
         f"dead letters           {summary['dead_letters']:>8}   (malformed records sent: {summary['malformed_records_sent']})",
-        f"labels                 {summary['labels_published']:>8}   published, {summary['labels_joined']:.0f} joined",
+        f"labels                 {summary['labels_published']:>8}   published, {summary['labels_joined']:.0f} joined, "
+        f"{summary['label_dead_letters']} dead-lettered",
         f"drift detections       {summary['drift_detections']:>8.0f}   retrain requests {summary['retrain_requests']}",
         f"online ROC AUC         model {summary['model_rocauc']:.3f}   learner {summary['learner_rocauc']:.3f}   (rolling)",
         f"result                 {'OK: every event was scored once' if summary['ok'] else 'FAILED'}",

@@ -47,6 +47,7 @@ class StreamingApp(faust.App):
     loops before its offsets are committed (on a rebalance and on a clean stop)."""
 
     fetch_max_wait_ms: int = transport.DEFAULT_FETCH_MAX_WAIT_MS
+    close_timeout_s: float = transport.DEFAULT_CLOSE_TIMEOUT_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -111,6 +112,9 @@ def create_app(rt: Runtime) -> StreamingApp:
     s = rt.settings
     app = StreamingApp(s.app_id, **app_keywords(s, rt.bootstrap))
     app.fetch_max_wait_ms = s.consumer_fetch_max_wait_ms
+    # a stop fits in stop_timeout_s even with the broker or Redis gone: at most 40 % for scoring what is queued,
+    # 20 % each for closing the consumer and flushing the producer (streaming.worker.transport)
+    app.close_timeout_s = 0.2 * s.stop_timeout_s
     events_topic, labels_topic = (app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                                             value_serializer="raw") for name in (s.topic_events, s.topic_labels))
     spec = rt.pipeline.batching
@@ -120,7 +124,8 @@ def create_app(rt: Runtime) -> StreamingApp:
     acks = OrderedAcks(functools.partial(ack_message, app))
     publisher = Publisher(app, rt.metrics, acks.ack, on_failure=lambda exc: crash("publishing", exc))
     score = ScoreLoop(ScoreProcessor(rt), publisher, policy, rt.models, rt.metrics, queue_rows=spec.queue_rows,
-                      take_rows=s.batch_max_rows, on_failure=lambda exc: crash("the inference loop", exc))
+                      take_rows=s.batch_max_rows, on_failure=lambda exc: crash("the inference loop", exc),
+                      drain_timeout_s=min(5.0, 0.4 * s.stop_timeout_s))
     learner = LabelProcessor(rt)
     offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> the next offset to process (consumer lag)
 

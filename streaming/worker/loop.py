@@ -39,7 +39,7 @@ class ScoreLoop:
 
     def __init__(self, scorer: ScoreProcessor, publisher: Publisher, policy: BatchPolicy, models: ModelManager,
                  metrics: Metrics, *, queue_rows: int, take_rows: int,
-                 on_failure: Callable[[BaseException], Any] | None = None) -> None:
+                 on_failure: Callable[[BaseException], Any] | None = None, drain_timeout_s: float = 5.0) -> None:
         self.scorer = scorer
         self.publisher = publisher
         self.policy = policy
@@ -50,6 +50,7 @@ class ScoreLoop:
         self.batcher: Batcher[Row] = Batcher(policy, self.run_batch, bound=queue_rows, metrics=metrics)
         self._runner: asyncio.Future[None] | None = None
         self.on_failure = on_failure  # called at once when the inference loop fails (the worker exits)
+        self.drain_timeout_s = drain_timeout_s
 
     def start(self) -> None:
         if self._runner is None:
@@ -91,13 +92,13 @@ class ScoreLoop:
         await self.publisher.publish(batch.out, [r.token for r in rows], batch.produced_ms)
         return batch.service_s
 
-    async def drain(self, timeout_s: float = 5.0) -> None:
+    async def drain(self, timeout_s: float | None = None) -> None:
         """Score what is queued and wait for every acknowledgement (before a rebalance's or a stop's commit).
 
         The inference loop keeps running (a rebalance is followed by more events); a stop ends it with
         the event loop."""
         try:
-            await asyncio.wait_for(asyncio.shield(self._drain()), timeout_s)
+            await asyncio.wait_for(asyncio.shield(self._drain()), timeout_s or self.drain_timeout_s)
         except Exception as exc:
             log.warning("committing with %d rows unscored (%s); they will be redelivered", len(self.batcher),
                         type(exc).__name__ + (f": {exc}" if str(exc) else ""))
