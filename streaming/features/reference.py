@@ -54,11 +54,12 @@ class ReferenceStore:
         """Partition 0's watermark (the only one when no partitions are given)."""
         return self.watermarks.get(0, 0)
 
-    def update_and_read(self, events: Iterable[dict[str, Any]],
-                        partitions: Iterable[int] | None = None) -> list[list[float]]:
-        return [r.values for r in self.results(events, partitions)]
+    def update_and_read(self, events: Iterable[dict[str, Any]], partitions: Iterable[int] | None = None,
+                        clock_s: float | None = None) -> list[list[float]]:
+        return [r.values for r in self.results(events, partitions, clock_s)]
 
-    def results(self, events: Iterable[dict[str, Any]], partitions: Iterable[int] | None = None) -> list[WindowResult]:
+    def results(self, events: Iterable[dict[str, Any]], partitions: Iterable[int] | None = None,
+                clock_s: float | None = None) -> list[WindowResult]:
         out = []
         plan = self.plan
         spec = self.pipeline.event
@@ -77,7 +78,7 @@ class ReferenceStore:
             applied = fresh and not late
             if applied:
                 self._seen.add(eid)
-                self.watermarks[part] = max(wm, ts)
+                self.watermarks[part] = max(wm, ts if clock_s is None else min(ts, int(clock_s)))
                 for gi, g in enumerate(plan.groups, 1):
                     key = (gi, ents[g.entity_slot - 1], ts // g.bucket_s)
                     tile = self._tiles.setdefault(key, _Tile())

@@ -105,8 +105,8 @@ def drop_namespace(url: str, prefix: str, *, batch: int = 1000) -> int:
 
 
 class FeatureStore(Protocol):
-    async def update_and_read(self, events: Sequence[dict[str, Any]],
-                              partitions: Sequence[int] | None = None) -> list[WindowResult]: ...
+    async def update_and_read(self, events: Sequence[dict[str, Any]], partitions: Sequence[int] | None = None,
+                              clock_s: float | None = None) -> list[WindowResult]: ...
 
     async def log_served(self, served: Sequence[ServedVector]) -> None: ...
 
@@ -153,12 +153,14 @@ class RedisFeatureStore:
         """The Redis key of one input partition's watermark (the latest applied event time, epoch s)."""
         return f"{self.prefix}wm:{partition}"
 
-    async def update_and_read(self, events: Sequence[dict[str, Any]],
-                              partitions: Sequence[int] | None = None) -> list[WindowResult]:
+    async def update_and_read(self, events: Sequence[dict[str, Any]], partitions: Sequence[int] | None = None,
+                              clock_s: float | None = None) -> list[WindowResult]:
         """Apply ``events`` to their windows and read every event's window features (one script call).
 
         ``partitions``: each event's input partition, whose watermark decides whether it is late
-        (None: all in partition 0).
+        (None: all in partition 0). ``clock_s``: the caller's clock (epoch s); no watermark moves past
+        it, so an event stamped ahead cannot make on-time events late (None: no bound, for replays
+        of recorded or synthetic time).
         """
         if not events:
             return []
@@ -192,6 +194,7 @@ class RedisFeatureStore:
             strings.append(str(ev[spec.id_field]))
             strings.extend(plan.distinct_values(ev))
         args: list[Any] = [self.prefix, self.dedupe_ttl_s, *(len(i) for i in index), len(wm_index),
+                           int(clock_s) if clock_s is not None else 0,
                            struct.pack(f"<{len(nums)}d", *nums), *strings]
         self.round_trips += 1
         raw = await self._script(keys=keys, args=args)

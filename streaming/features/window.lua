@@ -4,7 +4,9 @@
 -- then the watermark keys (one per input partition of the batch: the watermark is per partition,
 -- so one partition's clock never makes another's events late).
 -- ARGV[1] = key prefix, ARGV[2] = dedupe period (s), ARGV[3 .. 2+ne] = how many keys of each
--- entity, ARGV[3+ne] = how many watermark keys, ARGV[4+ne] = the batch's numbers as little-endian
+-- entity, ARGV[3+ne] = how many watermark keys, ARGV[4+ne] = the clock (epoch s; 0: none): a
+-- watermark never moves past it, so an event stamped ahead of the clock (within the pipeline's
+-- future bound) cannot make the partition's on-time events late, ARGV[5+ne] = the batch's numbers as little-endian
 -- doubles, per event: event time (s), the index of its watermark key (1-based, among the
 -- watermark keys), the index in KEYS of each of its entities (ne), its numeric values (nn);
 -- then per event: id, distinct values (nh).
@@ -25,7 +27,9 @@ local lateness = plan.late
 local m = 2 + ne + nn -- numbers per event
 local stride = 1 + nh -- strings per event
 local nwm = tonumber(ARGV[3 + ne])
-local a0 = 4 + ne
+local clock = tonumber(ARGV[4 + ne])
+if clock <= 0 then clock = math.huge end
+local a0 = 5 + ne
 local nev = (#ARGV - a0) / stride
 local floor, tonumber, spack, sunpack, unpack = math.floor, tonumber, struct.pack, struct.unpack, unpack
 local rcall = redis.call
@@ -151,7 +155,9 @@ for i = 0, nev - 1 do
     end
   end
   if status == 1 then
-    if ts > wms[wi] then wms[wi] = ts end
+    local moved = ts
+    if moved > clock then moved = clock end
+    if moved > wms[wi] then wms[wi] = moved end
     for f = 1, nn do x[f] = N[nb + 2 + ne + f] end
     for gi = 1, ngroups do
       local g = groups[gi]
@@ -185,8 +191,10 @@ for i = 0, nev - 1 do
         for j = 1, #Mf do st[p + Ma[j]] = x[Mf[j]] end
         cnt = cnt + 1
         len = len + w
-        -- forget the buckets that left every window: b - keep and older
+        -- forget the buckets that left every window: b - keep and older, b taken no later than the clock
+        -- (an event stamped ahead must not push the present out of the entity's windows)
         local cutoff = b - g.keep
+        if ts > clock then cutoff = floor(clock / g.b) - g.keep end
         local drop = 0
         while st[first + drop] <= cutoff do drop = drop + w end
         if drop > 0 then

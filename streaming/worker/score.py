@@ -133,7 +133,7 @@ class ScoreProcessor:
         while True:
             t0 = time.perf_counter()
             try:
-                result = await self.rt.store.update_and_read(events, partitions)
+                result = await self.rt.store.update_and_read(events, partitions, clock_s=time.time())
                 self.rt.metrics.store_seconds.labels("update_and_read").observe(time.perf_counter() - t0)
                 return result
             except ResponseError:

@@ -72,3 +72,25 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         _load(tmp_path, "[pipeline\nname=")
     with pytest.raises(PipelineError, match="does not exist"):
         load_pipeline(tmp_path / "nope.toml", SchemaRegistry())
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("max_depth = 0", "max_depth must be an integer from 1 to 48"),
+    ("max_depth = 1000", "max_depth must be an integer from 1 to 48"),
+    ("max_abs_number = 1e300", "max_abs_number must be a number above 0 and at most 1e30"),
+    ("max_future = \"soon\"", "max_future: bad duration"),
+    ("max_value = 5", "unknown keys: max_value"),
+])
+def test_bad_limits_are_one_clear_line(tmp_path: Path, schema_registry: SchemaRegistry, table: str,
+                                       message: str) -> None:
+    text = (project_root() / "models" / "fraud" / "pipeline.toml").read_text()
+    start = text.index("[limits]")
+    end = text.index("\n[", start + 1)
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text[:start] + "[limits]\n" + table + "\n" + text[end:])
+    with pytest.raises(PipelineError, match=message):
+        load_pipeline(path, schema_registry)
+
+
+def test_the_fraud_pipeline_declares_its_limits(fraud_pipeline: Pipeline) -> None:
+    assert fraud_pipeline.limits.max_future_s == 300 and fraud_pipeline.limits.max_abs_number == 1e12
