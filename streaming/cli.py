@@ -594,6 +594,36 @@ def loadtest_capacity(slo_p99_ms: float | None, step_duration: float, start_rate
     _emit(result, as_json)
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="A short run for CI: 5,000 events, 2 kills, the Redis outage and the "
+              "broker restart (about two minutes).")
+@click.option("--events", type=click.IntRange(min=100), default=None, help="Valid events to send [50000; --quick: 5000].")
+@click.option("--rate", type=click.FloatRange(min=1), default=None, help="Events per second [400; --quick: 150].")
+@click.option("--kills", type=click.IntRange(min=0), default=None, help="Worker SIGKILLs [5; --quick: 2].")
+@click.option("--hostile-share", type=click.FloatRange(0, 0.5), default=0.01, show_default=True,
+              help="Share of hostile records among the events.")
+@click.option("--seed", type=int, default=13, show_default=True, help="Seeds the events and the fault moments.")
+@click.option("--json", "as_json", is_flag=True, help="Only the JSON line (no summary lines on stderr).")
+@_friendly
+def chaos(quick: bool, events: int | None, rate: float | None, kills: int | None, hostile_share: float, seed: int,
+          as_json: bool) -> None:
+    """Kill the worker, stop Redis and restart the broker under a labelled stream with hostile records; one JSON
+    line says what was lost, duplicated or miscounted (docs/reliability.md). Exits 1 unless everything adds up."""
+    import dataclasses
+
+    from loadtest.chaos import ChaosPlan, run_chaos, summary_lines
+
+    plan = ChaosPlan.quick(seed) if quick else ChaosPlan(seed=seed)
+    plan = dataclasses.replace(plan, hostile_share=hostile_share, events=plan.events if events is None else events,
+                               rate=plan.rate if rate is None else rate, kills=plan.kills if kills is None else kills)
+    result = run_chaos(_settings(), plan)
+    if not as_json:
+        for line in summary_lines(result):
+            click.echo(line, err=True)
+    click.echo(orjson.dumps(result).decode())
+    sys.exit(0 if result["ok"] else 1)
+
+
 # -- the main job ------------------------------------------------------------
 @cli.command()
 @click.option("--rate", type=float, default=400.0, show_default=True, help="Events per second.")

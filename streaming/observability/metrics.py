@@ -72,7 +72,8 @@ class Metrics:
             "streaming_model_info", "The model serving (value 1).", ["model", "version", "provider"], registry=r
         )
         self.model_refused = Counter(
-            "streaming_model_refused", "Model versions refused at a change (corrupt, incompatible).", ["role"], registry=r
+            "streaming_model_refused", "Model versions refused at start or at a change (corrupt, incompatible, failing "
+            "warm-up).", ["role"], registry=r
         )
         self.model_changes = Counter("streaming_model_changes", "Models swapped in without a stop.", ["role"], registry=r)
         self.shadow_diff = Histogram(

@@ -31,6 +31,7 @@ from streaming.worker.batcher import policy_for
 from streaming.worker.fatal import crash
 from streaming.worker.intake import register_batch_handler
 from streaming.worker.learn import LabelProcessor
+from streaming.worker.logwatch import LogLostError, LogWatch
 from streaming.worker.loop import ScoreLoop
 from streaming.worker.publisher import Publisher, ack_message
 from streaming.worker.records import InRecord
@@ -158,6 +159,26 @@ def create_app(rt: Runtime) -> StreamingApp:
         except Exception as exc:  # a metric must never stop the worker
             log.warning("consumer lag not reported (%s: %s)", type(exc).__name__, exc)
         rt.metrics.acks_waiting.set(acks.waiting())
+
+    watch = LogWatch(s.topics.values())
+
+    @app.timer(interval=5.0)
+    async def logs_kept() -> None:
+        """End the worker when the broker lost its logs (a restart without storage): it would freeze otherwise."""
+        consumer = app.consumer
+        lost = watch.check_highwaters({tp: consumer.highwater(tp) for tp in consumer.assignment()
+                                       if tp.topic in (s.topic_events, s.topic_labels)})
+        if lost is None:
+            aio = publisher.sender.client()
+            try:
+                metadata = await asyncio.wait_for(aio.client.fetch_all_metadata(), 5.0) if aio is not None else None
+            except Exception:  # the broker is down or slow: no sign of anything
+                metadata = None
+            if metadata is not None:
+                lost = watch.check_topics(metadata.topics())
+        if lost is not None:
+            crash("the broker's logs", LogLostError(lost + "; the worker exits so that its restart creates its "
+                                                    "topics and reads them afresh"))
 
     @app.timer(interval=1.0)
     async def loop_lag() -> None:

@@ -56,6 +56,10 @@ class BatchSender:
     def __init__(self, app: faust.App) -> None:
         self.app = app
 
+    def client(self) -> Any:
+        """The app's aiokafka producer (its ``client`` answers metadata requests), or None."""
+        return self._aiokafka()
+
     def _aiokafka(self) -> Any:
         ensure = getattr(self.app.producer, "_ensure_producer", None)
         aio = ensure() if ensure is not None else None

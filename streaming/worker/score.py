@@ -288,14 +288,25 @@ class ScoreProcessor:
         return rows
 
     async def _log_served(self, served: list[ServedVector]) -> None:
-        """Write the served vectors to the feature log (best effort: the predictions go out regardless)."""
-        t0 = time.perf_counter()
-        try:
-            await self.rt.store.log_served(served)
-            self.rt.metrics.store_seconds.labels("log_served").observe(time.perf_counter() - t0)
-        except Exception as exc:  # redis raises several types
-            self.rt.metrics.store_errors.labels("log_served").inc()
-            log.warning("feature log write failed (%s: %s)", type(exc).__name__, exc)
+        """Write the served vectors to the feature log, retried with backoff until Redis takes them.
+
+        The predictions go out meanwhile; the labels need the vectors (a vector never logged makes its
+        label a ``label_join`` dead letter), and a connection kept from before a Redis restart fails
+        once before the client reconnects. While writes are pending, at most ``max_log_tasks`` run and
+        the next batch waits (:meth:`score`), so a long outage pauses scoring rather than piling up."""
+        delay = 0.05
+        while True:
+            t0 = time.perf_counter()
+            try:
+                await self.rt.store.log_served(served)
+                self.rt.metrics.store_seconds.labels("log_served").observe(time.perf_counter() - t0)
+                return
+            except Exception as exc:  # redis raises several types; all mean "retry"
+                self.rt.metrics.store_errors.labels("log_served").inc()
+                log.warning("feature log write of %d vectors failed (%s: %s); retrying in %.2fs", len(served),
+                            type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
 
     async def flush_logs(self) -> None:
         """Wait for the feature-log writes in flight."""

@@ -152,3 +152,31 @@ async def test_the_label_path_waits_for_redis_instead_of_dropping(servers: Serve
         await rt.store.close()
     finally:
         rds.stop()
+
+
+async def test_a_feature_log_write_that_fails_is_retried_until_redis_is_back(servers: Servers, models_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    """A vector never logged makes its label a dead letter: the write waits for Redis instead of giving up
+    (``streaming chaos`` lost 128 labels to writes that failed once on connections from before a Redis restart)."""
+    import asyncio
+
+    rds = OwnRedis(tmp_path)
+    rds.start()
+    try:
+        env = worker_env(servers, models_dir, STREAMING_REDIS_URL=rds.url)
+        rt = Runtime.build(settings_from(env))
+        proc = ScoreProcessor(rt)
+        proc.max_backoff_s = 0.2
+        prepared = await proc.prepare([rec(event(rt.codec, unique("card")), 0)])
+        rds.stop()
+        scored = asyncio.create_task(proc.score(prepared.rows))  # waits for its log write
+        await asyncio.sleep(1.0)
+        assert not scored.done()
+        rds.start()
+        batch = await asyncio.wait_for(scored, 15)
+        eid = rt.codec.decode("prediction", batch.out[0].value)["event_id"]
+        [sv] = await rt.store.read_served([eid])
+        assert isinstance(sv, ServedVector) and sv.event_id == eid
+        await rt.store.close()
+    finally:
+        rds.stop()
