@@ -23,7 +23,7 @@ from pathlib import Path
 
 from streaming.errors import UserError
 from streaming.infra.processes import free_port, spawn, terminate, wait_for_port
-from streaming.infra.stack import _tansu_binary
+from streaming.infra.stack import broker_argv
 from streaming.worker.process import READY
 
 __all__ = ["OwnBroker", "OwnRedis", "Supervisor", "WorkerStart"]
@@ -46,9 +46,7 @@ class OwnBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        argv = [_tansu_binary(), "broker", "--listener-url", self.url, "--advertised-listener-url", self.url,
-                "--storage-engine", "memory://tansu/"]
-        self.proc = spawn(argv, self.log, tie_to_parent=True)
+        self.proc = spawn(broker_argv(self.url), self.log, tie_to_parent=True)
         if not wait_for_port("127.0.0.1", self.port, 15.0, self.proc):
             self.stop()
             raise UserError(f"the chaos run's broker did not start on port {self.port}; see {self.log}")

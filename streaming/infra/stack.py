@@ -21,7 +21,7 @@ from streaming.errors import UnreachableError, UserError
 from streaming.infra.processes import free_port, pid_alive, port_open, spawn, terminate, wait_for_port
 from streaming.settings import Settings
 
-__all__ = ["Stack", "StackState", "Service", "resolve_endpoints", "check_broker", "check_redis", "DEFAULT_REDIS_URL"]
+__all__ = ["Stack", "StackState", "Service", "broker_argv", "resolve_endpoints", "check_broker", "check_redis", "DEFAULT_REDIS_URL"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 STATE_FILE = "stack.json"
@@ -63,6 +63,12 @@ class StackState:
         tmp = run_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps({"services": {k: asdict(v) for k, v in self.services.items()}}, indent=2))
         tmp.replace(run_dir / STATE_FILE)
+
+
+def broker_argv(url: str) -> list[str]:
+    """The embedded broker's command line: Tansu listening on ``url`` (``tcp://host:port``), memory storage."""
+    return [_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
 
 
 def _tansu_binary() -> str:
@@ -148,9 +154,7 @@ class Stack:
         port = free_port()
         url = f"tcp://127.0.0.1:{port}"
         log = self.run_dir / "tansu.log"
-        argv = [_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
-        proc = spawn(argv, log, tie_to_parent=self.tie_to_parent)
+        proc = spawn(broker_argv(url), log, tie_to_parent=self.tie_to_parent)
         self._procs.append(proc)
         if not wait_for_port("127.0.0.1", port, 15.0, proc):
             terminate(proc.pid)
