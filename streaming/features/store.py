@@ -112,6 +112,8 @@ class FeatureStore(Protocol):
 
     async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | ValueError | None]: ...
 
+    async def claim_labels(self, event_ids: Sequence[str]) -> list[bool]: ...
+
     async def close(self) -> None: ...
 
 
@@ -221,6 +223,18 @@ class RedisFeatureStore:
         self.round_trips += 1
         raw = await pipe.execute()
         return [None if d is None else _parse(eid, d) for eid, d in zip(event_ids, raw, strict=True)]
+
+    async def claim_labels(self, event_ids: Sequence[str]) -> list[bool]:
+        """Mark each event's label as learned; False for one marked before (a duplicate or a redelivery).
+
+        The marks live as long as the feature log (a label for an older event finds no vector anyway)."""
+        if not event_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for eid in event_ids:
+            pipe.set(f"{self.prefix}lab:{{{eid}}}", b"1", nx=True, ex=self.log_ttl_s)
+        self.round_trips += 1
+        return [bool(r) for r in await pipe.execute()]
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -60,6 +60,9 @@ class Metrics:
             "Messages between the committed offset and the log end (what a restart would read again).",
             ["topic", "partition"], registry=r
         )
+        self.labels_waiting = Gauge(
+            "streaming_labels_waiting", "Labels waiting for their event's served vector.", registry=r
+        )
         self.acks_waiting = Gauge(
             "streaming_acks_waiting", "Acknowledgements held back until an earlier offset is acknowledged.", registry=r
         )
@@ -86,7 +89,7 @@ class Metrics:
         self.fallback = Counter(
             "streaming_fallback_predictions", "Predictions not from the model, by reason.", ["reason"], registry=r
         )
-        self.labels = Counter("streaming_labels", "Labels by outcome (joined, unjoined, invalid, unlearnable).", ["outcome"], registry=r)
+        self.labels = Counter("streaming_labels", "Labels by outcome (joined, duplicate, unjoined, invalid, unlearnable).", ["outcome"], registry=r)
         self.online_metric = Gauge(
             "streaming_online_metric", "Prequential metric against labels.", ["model", "scorer", "metric"], registry=r
         )

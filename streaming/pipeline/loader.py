@@ -285,7 +285,16 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
     lr = raw.get("learner", {"kind": "logistic_regression"})
     if lr.get("kind") not in LEARNERS:
         raise PipelineError(f"{path}: [learner] unknown kind {lr.get('kind')!r} ({', '.join(LEARNERS)})")
-    learner = LearnerSpec(lr["kind"], dict(lr.get("params", {})))
+    try:
+        label_wait = parse_duration(lr.get("label_wait", LearnerSpec.label_wait_s))
+    except ValueError as exc:
+        raise PipelineError(f"{path}: [learner] label_wait: {exc}") from None
+    wait_max = lr.get("label_wait_max", LearnerSpec.label_wait_max)
+    if not 0 <= label_wait <= 3600:
+        raise PipelineError(f"{path}: [learner] label_wait must be between 0 and 1h, got {lr.get('label_wait')!r}")
+    if isinstance(wait_max, bool) or not isinstance(wait_max, int) or not 1 <= wait_max <= 10_000_000:
+        raise PipelineError(f"{path}: [learner] label_wait_max must be an integer from 1 to 10000000, got {wait_max!r}")
+    learner = LearnerSpec(lr["kind"], dict(lr.get("params", {})), label_wait, wait_max)
 
     monitors = []
     for i, mon in enumerate(raw.get("monitors", [])):

@@ -130,8 +130,17 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LearnerSpec:
+    """The online learner, and how long a label may wait for its event's served vector.
+
+    A label that arrives before the vector of its event is in the feature log (labels right after
+    their events) waits up to ``label_wait_s``; at most ``label_wait_max`` labels wait at once (then
+    the label consumer pauses). Its offset is committed only once it is joined or dead-lettered.
+    """
+
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
+    label_wait_s: float = 30.0
+    label_wait_max: int = 100_000
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,21 @@ def create_app(rt: Runtime) -> StreamingApp:
     async def take_labels(messages: list[Any]) -> None:
         acks.track(messages)
         publisher.check()
-        batch = await learner.process(to_records(messages, offsets))
-        await publisher.publish(batch.out, messages, [])  # acked once its records (if any) are on the broker
+        while learner.full:  # as many labels wait for their vectors as the pipeline allows: pause the consumer
+            await asyncio.sleep(0.05)
+        batch = await learner.process(to_records(messages, offsets), messages)
+        await publisher.publish(batch.out, batch.done, [])  # acked once its records (if any) are on the broker
+
+    @app.timer(interval=0.5)
+    async def waiting_labels() -> None:
+        """Join the labels that arrived before their events' vectors were logged."""
+        if not learner.waiting:
+            return
+        try:
+            batch = await learner.retry()
+            await publisher.publish(batch.out, batch.done, [])
+        except Exception as exc:
+            crash("the label join", exc)
 
     register_batch_handler(app, events_topic, take_events)
     register_batch_handler(app, labels_topic, take_labels)

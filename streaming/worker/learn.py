@@ -1,20 +1,28 @@
 """The learn step: join labels to the vectors served, learn, evaluate, watch drift.
 
-Every label ends one of three ways, each counted (``streaming_labels_total{outcome}``): joined
-(learned from and evaluated), or dead-lettered with its reason: undecodable or beyond the
-pipeline's limits (``label_decode``), no served vector in the feature log (``label_join``:
-never scored, or older than the log's TTL), or a vector that cannot be learned from
+Every label ends one of four ways, each counted (``streaming_labels_total{outcome}``): joined
+(learned from and evaluated), a duplicate (its event's label was learned before: a redelivery or
+a second label; not learned twice), or dead-lettered with its reason: undecodable or beyond the
+pipeline's limits (``label_decode``), no served vector in the feature log (``label_join``: never
+scored within the wait, or older than the log's TTL), or a vector that cannot be learned from
 (``label_learn``: an unreadable log entry, a vector built by another feature spec, a learner
-that raised). None is acked silently. A feature-store error is retried with backoff, like the
-score path's: the label handler waits, so the consumer pauses and nothing is acked meanwhile.
+that raised). None is acked silently.
+
+A label that arrives before its event's vector is logged (the log is written after scoring, in
+the background) waits for it, up to ``[learner] label_wait`` and at most ``label_wait_max`` labels
+at once: :meth:`LabelProcessor.retry` joins the waiting ones again (the worker calls it twice a
+second), and only then is a label's token returned to be acknowledged. A feature-store error is
+retried with backoff, like the score path's: the label handler waits, so the consumer pauses and
+nothing is acked meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streaming.drift.monitor import DriftMonitor
@@ -36,6 +44,17 @@ class LearnedBatch:
     invalid: int
     requests: list[dict[str, Any]]
     unlearnable: int = 0
+    duplicates: int = 0
+    done: list[Any] = field(default_factory=list)  # tokens of the labels finished here (joined or dead-lettered)
+    waiting: int = 0  # labels left waiting for their vector
+
+
+@dataclass
+class _Label:
+    rec: InRecord
+    lab: dict[str, Any]
+    token: Any
+    since: float  # time.monotonic() when it first found no vector
 
 
 class LabelProcessor:
@@ -45,6 +64,15 @@ class LabelProcessor:
         self.spec_version = rt.vectors.spec_version
         self.offsets: dict[str, int] = {}
         self.max_backoff_s = 5.0
+        self.wait_s = rt.pipeline.learner.label_wait_s
+        self.wait_max = rt.pipeline.learner.label_wait_max
+        self.log_ttl_s = rt.settings.feature_log_ttl_s
+        self.waiting: list[_Label] = []
+
+    @property
+    def full(self) -> bool:
+        """As many labels wait as the pipeline allows: the caller should pause the label consumer."""
+        return len(self.waiting) >= self.wait_max
 
     def _dead(self, rec: InRecord, stage: str, exc: BaseException, outcome: str) -> OutRecord:
         dl = dead_letter(rec, stage, exc)
@@ -67,50 +95,84 @@ class LabelProcessor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
-    async def process(self, records: Sequence[InRecord]) -> LearnedBatch:
+    async def process(self, records: Sequence[InRecord], tokens: Sequence[Any] | None = None) -> LearnedBatch:
+        """Decode, join and learn a consumer batch of labels; the unjoined ones wait (see :meth:`retry`)."""
         rt = self.rt
-        m = rt.metrics
         out: list[OutRecord] = []
-        labels: list[tuple[InRecord, dict[str, Any]]] = []
+        done: list[Any] = []
+        labels: list[_Label] = []
         limits = rt.pipeline.limits
-        for rec in records:
+        now = time.monotonic()
+        toks: Sequence[Any] = tokens if tokens is not None else [None] * len(records)
+        for rec, tok in zip(records, toks, strict=True):
             try:
-                lab = rt.codec.decode("label", rec.value, limits)
-                labels.append((rec, lab))
+                labels.append(_Label(rec, rt.codec.decode("label", rec.value, limits), tok, now))
             except Exception as exc:  # one record's failure is that record's dead letter
                 out.append(self._dead(rec, "label_decode", exc, "invalid"))
+                done.append(tok)
             self.offsets[str(rec.partition)] = rec.offset
-        invalid = len(out)
-        served = await self._read_served([str(lab["event_id"]) for _, lab in labels]) if labels else []
+        batch = await self._join(labels, out, done)
+        batch.invalid = len(records) - len(labels)
+        return batch
+
+    async def retry(self) -> LearnedBatch:
+        """Join the waiting labels again; those that waited ``label_wait`` in vain become dead letters."""
+        labels, self.waiting = self.waiting, []
+        return await self._join(labels, [], [])
+
+    async def _join(self, labels: list[_Label], out: list[OutRecord], done: list[Any]) -> LearnedBatch:
+        rt = self.rt
+        m = rt.metrics
+        served = await self._read_served([str(w.lab["event_id"]) for w in labels]) if labels else []
         joined = unjoined = unlearnable = 0
         requests: list[dict[str, Any]] = []
         active = rt.models.active.tag
         if any(mon.model_version != active for mon in rt.monitors):  # a new model: watch it from scratch
             rt.monitors = [DriftMonitor(mon.spec, rt.pipeline.name, active) for mon in rt.monitors]
-        for (rec, lab), sv in zip(labels, served, strict=True):
+        now = time.monotonic()
+        now_ms = time.time() * 1000
+        learnable: list[tuple[_Label, ServedVector]] = []
+        for w, sv in zip(labels, served, strict=True):
+            rec, lab = w.rec, w.lab
             if sv is None:
+                old = rec.timestamp_ms is not None and now_ms - rec.timestamp_ms > self.log_ttl_s * 1000
+                if not old and now - w.since < self.wait_s:
+                    self.waiting.append(w)  # its event's vector may not be logged yet
+                    continue
                 unjoined += 1
+                why = (f"older than the feature log's TTL ({self.log_ttl_s}s)" if old
+                       else f"not scored within {self.wait_s:g}s of the label")
                 out.append(self._dead(rec, "label_join", LookupError(
-                    f"no served vector for event {lab['event_id']!r} (never scored, or older than the feature "
-                    "log's TTL)"), "unjoined"))
-                continue
-            if isinstance(sv, ValueError):
+                    f"no served vector for event {lab['event_id']!r} ({why})"), "unjoined"))
+            elif isinstance(sv, ValueError):
                 unlearnable += 1
                 out.append(self._dead(rec, "label_learn", sv, "unlearnable"))
-                continue
-            if sv.feature_spec != self.spec_version or len(sv.x) != len(self.names):
+            elif sv.feature_spec != self.spec_version or len(sv.x) != len(self.names):
                 unlearnable += 1
                 out.append(self._dead(rec, "label_learn", ValueError(
                     f"vector built by feature spec {sv.feature_spec or 'unknown'!r} ({len(sv.x)} values), the "
                     f"worker's is {self.spec_version!r} ({len(self.names)} values)"), "unlearnable"))
+            else:
+                learnable.append((w, sv))
+                continue
+            done.append(w.token)
+        claimed = await self._claim([sv.event_id for _, sv in learnable]) if learnable else []
+        duplicates = 0
+        for (w, sv), new in zip(learnable, claimed, strict=True):
+            done.append(w.token)
+            if not new:
+                duplicates += 1  # learned before (a redelivered or a second label): not twice
                 continue
             try:
-                requests.extend(self._learn(lab, sv))
+                requests.extend(self._learn(w.lab, sv))
             except Exception as exc:  # the learner or a monitor raised on this label
                 unlearnable += 1
-                out.append(self._dead(rec, "label_learn", exc, "unlearnable"))
+                out.append(self._dead(w.rec, "label_learn", exc, "unlearnable"))
                 continue
             joined += 1
+        if duplicates:
+            m.labels.labels("duplicate").inc(duplicates)
+        m.labels_waiting.set(len(self.waiting))
         for req in requests:
             m.retrain_requests.labels(req["model"], req["monitor"]).inc()
             out.append(OutRecord(rt.settings.topic_retrain, req["model"].encode(), rt.codec.encode("retrain_request", req)))
@@ -119,7 +181,20 @@ class LabelProcessor:
             for metric, v in values.items():
                 if metric != "n":
                     m.online_metric.labels(rt.pipeline.name, scorer, metric).set(v)
-        return LearnedBatch(out, joined, unjoined, invalid, requests, unlearnable)
+        return LearnedBatch(out, joined, unjoined, 0, requests, unlearnable, duplicates, done, len(self.waiting))
+
+    async def _claim(self, event_ids: list[str]) -> list[bool]:
+        """Which labels are new (:meth:`FeatureStore.claim_labels`), retried while the feature store fails."""
+        delay = 0.05
+        while True:
+            try:
+                return await self.rt.store.claim_labels(event_ids)
+            except Exception as exc:  # redis raises several types; all mean "retry"
+                self.rt.metrics.store_errors.labels("claim_labels").inc()
+                log.warning("label claim failed (%s: %s); retrying in %.2fs (labels paused)",
+                            type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
 
     def _learn(self, lab: dict[str, Any], sv: ServedVector) -> list[dict[str, Any]]:
         """Learn from one joined label, evaluate the scorers, update the monitors; the retrain requests."""

@@ -122,6 +122,7 @@ async def test_labels_that_cannot_be_learned_are_dead_letters_with_their_reason(
     old = ServedVector("old-spec", [0.0] * 3, "v1", 0.1, 1, "0123456789ab")
     await log.log_served([old])
     learner = LabelProcessor(rt)
+    learner.wait_s = 0.0  # no wait for vectors: "never-scored" is dead-lettered at once
     batch = await learner.process([rec(label(rt.codec, e), i) for i, e in enumerate(
         [ids[0], ids[1], "null-x", "old-spec", "never-scored"])] + [rec(b"garbage", 5)])
     assert batch.joined == 2
@@ -142,6 +143,7 @@ async def test_the_label_path_waits_for_redis_instead_of_dropping(servers: Serve
         rt = Runtime.build(settings_from(env))
         learner = LabelProcessor(rt)
         learner.max_backoff_s = 0.2
+        learner.wait_s = 0.0
         rds.stop()
         task = asyncio.create_task(learner.process([rec(label(rt.codec, "e-down"), 0)]))
         await asyncio.sleep(1.5)
@@ -180,3 +182,28 @@ async def test_a_feature_log_write_that_fails_is_retried_until_redis_is_back(ser
         await rt.store.close()
     finally:
         rds.stop()
+
+
+async def test_a_label_before_its_vector_waits_and_joins_and_a_duplicate_is_not_learned_twice(rt: Runtime) -> None:
+    """Issue 14: labels right after their events found no vector yet (the log is written after scoring) and were
+    lost; now they wait, bounded by [learner] label_wait."""
+    proc = ScoreProcessor(rt)
+    learner = LabelProcessor(rt)
+    prepared = await proc.prepare([rec(event(rt.codec, unique("card")), 0)])
+    eid = prepared.rows[0].ev["event_id"]
+    early = await learner.process([rec(label(rt.codec, eid), 0)], ["tok-1"])
+    assert early.done == [] and early.waiting == 1 and not early.out  # waiting: not acked, not dead-lettered
+    await proc.score(prepared.rows)  # the vector is logged now
+    joined = await learner.retry()
+    assert joined.joined == 1 and joined.done == ["tok-1"] and not learner.waiting
+    again = await learner.process([rec(label(rt.codec, eid), 1)], ["tok-2"])
+    assert again.duplicates == 1 and again.joined == 0 and again.done == ["tok-2"] and not again.out
+    learner.wait_s = 0.05
+    late = await learner.process([rec(label(rt.codec, unique("never")), 2)], ["tok-3"])
+    assert late.done == [] and late.waiting == 1
+    import asyncio
+
+    await asyncio.sleep(0.1)
+    expired = await learner.retry()
+    assert expired.done == ["tok-3"] and expired.unjoined == 1
+    assert "not scored within" in headers(expired.out[0])["dlq.reason"].decode()
