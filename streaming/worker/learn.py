@@ -18,7 +18,6 @@ nothing is acked meanwhile.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 from streaming.drift.monitor import DriftMonitor
 from streaming.features.store import ServedVector
 from streaming.worker.records import InRecord, OutRecord
+from streaming.worker.retry import until_stored
 from streaming.worker.runtime import Runtime
 from streaming.worker.score import dead_letter
 
@@ -84,16 +84,9 @@ class LabelProcessor:
 
     async def _read_served(self, event_ids: list[str]) -> list[ServedVector | ValueError | None]:
         """The served vectors, retried with backoff while the feature store fails (the consumer waits)."""
-        delay = 0.05
-        while True:
-            try:
-                return await self.rt.store.read_served(event_ids)
-            except Exception as exc:  # redis raises several types; all mean "retry"
-                self.rt.metrics.store_errors.labels("read_served").inc()
-                log.warning("feature log read failed (%s: %s); retrying in %.2fs (labels paused)",
-                            type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+        return await until_stored(lambda: self.rt.store.read_served(event_ids), op="read_served",
+                                  what="feature log read (labels paused)", metrics=self.rt.metrics,
+                                  max_backoff_s=self.max_backoff_s)
 
     async def process(self, records: Sequence[InRecord], tokens: Sequence[Any] | None = None) -> LearnedBatch:
         """Decode, join and learn a consumer batch of labels; the unjoined ones wait (see :meth:`retry`)."""
@@ -185,16 +178,9 @@ class LabelProcessor:
 
     async def _claim(self, event_ids: list[str]) -> list[bool]:
         """Which labels are new (:meth:`FeatureStore.claim_labels`), retried while the feature store fails."""
-        delay = 0.05
-        while True:
-            try:
-                return await self.rt.store.claim_labels(event_ids)
-            except Exception as exc:  # redis raises several types; all mean "retry"
-                self.rt.metrics.store_errors.labels("claim_labels").inc()
-                log.warning("label claim failed (%s: %s); retrying in %.2fs (labels paused)",
-                            type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+        return await until_stored(lambda: self.rt.store.claim_labels(event_ids), op="claim_labels",
+                                  what="label claim (labels paused)", metrics=self.rt.metrics,
+                                  max_backoff_s=self.max_backoff_s)
 
     def _learn(self, lab: dict[str, Any], sv: ServedVector) -> list[dict[str, Any]]:
         """Learn from one joined label, evaluate the scorers, update the monitors; the retrain requests."""

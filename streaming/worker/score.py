@@ -31,6 +31,7 @@ from streaming.features.store import ServedVector, WindowResult
 from streaming.inference.session import OnnxModel
 from streaming.pipeline.spec import FieldFeature
 from streaming.worker.records import InRecord, OutRecord
+from streaming.worker.retry import until_stored
 from streaming.worker.runtime import Runtime
 
 __all__ = ["Prepared", "Row", "ScoreProcessor", "ScoredBatch"]
@@ -294,19 +295,11 @@ class ScoreProcessor:
         label a ``label_join`` dead letter), and a connection kept from before a Redis restart fails
         once before the client reconnects. While writes are pending, at most ``max_log_tasks`` run and
         the next batch waits (:meth:`score`), so a long outage pauses scoring rather than piling up."""
-        delay = 0.05
-        while True:
-            t0 = time.perf_counter()
-            try:
-                await self.rt.store.log_served(served)
-                self.rt.metrics.store_seconds.labels("log_served").observe(time.perf_counter() - t0)
-                return
-            except Exception as exc:  # redis raises several types; all mean "retry"
-                self.rt.metrics.store_errors.labels("log_served").inc()
-                log.warning("feature log write of %d vectors failed (%s: %s); retrying in %.2fs", len(served),
-                            type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+        t0 = time.perf_counter()
+        await until_stored(lambda: self.rt.store.log_served(served), op="log_served",
+                           what=f"feature log write of {len(served)} vectors", metrics=self.rt.metrics,
+                           max_backoff_s=self.max_backoff_s)
+        self.rt.metrics.store_seconds.labels("log_served").observe(time.perf_counter() - t0)
 
     async def flush_logs(self) -> None:
         """Wait for the feature-log writes in flight."""
