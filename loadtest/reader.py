@@ -59,6 +59,7 @@ class ReadResult:
     records: int = 0
     request_samples: list[Sample] = field(default_factory=list)  # the consumer's librdkafka statistics
     fallbacks: int = 0  # kept predictions that came from a fallback (``match="prediction"``)
+    versions: dict[str, int] = field(default_factory=dict)  # kept predictions per model version
     decisions: int = 0  # kept predictions whose decision was positive
 
 
@@ -120,6 +121,8 @@ def _stages(codec: Codec, value: bytes | None, out: ReadResult) -> tuple[int, ..
     p = codec.decode("prediction", value)
     stages = tuple(int(p[f]) for f in STAGE_FIELDS)
     out.fallbacks += p.get("fallback") is not None
+    version = str(p.get("model_version"))
+    out.versions[version] = out.versions.get(version, 0) + 1
     out.decisions += bool(p.get("decision"))
     return stages
 

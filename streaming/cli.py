@@ -324,6 +324,68 @@ def train(seed: int | None) -> None:
     train_pipeline(pipeline, registry, seed=seed, progress=lambda m: click.echo(f"train: {m}", err=True))
 
 
+@cli.command()
+@click.option("--once", is_flag=True, help="Act on the requests on the topic now, then exit.")
+@click.option("--timeout", "timeout_s", type=float, default=None, metavar="S", help="Stop after S seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_friendly
+def retrain(once: bool, timeout_s: float | None, as_json: bool) -> None:
+    """Act on retrain requests: train on the feature log's labelled rows, shadow the new version, promote it
+    when it wins by the pipeline's margin ([retrain])."""
+    import asyncio
+
+    from streaming.online.retrain import run_retrain
+
+    outcomes = asyncio.run(run_retrain(_settings(), once=once, timeout_s=timeout_s,
+                                       progress=lambda m: click.echo(f"retrain: {m}", err=True)))
+    for o in outcomes:
+        click.echo(o.line(), err=as_json)
+    if as_json:
+        click.echo(orjson.dumps({"outcomes": [o.as_dict() for o in outcomes]}).decode())
+
+
+@cli.group()
+def drift() -> None:
+    """Drift monitors: calibrate their thresholds."""
+
+
+@drift.command("calibrate")
+@click.option("--streams", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Stationary streams to replay.")
+@click.option("--length", type=click.IntRange(1000, 10_000_000), default=20_000, show_default=True,
+              help="Events per stream: the span a monitor should stay quiet over.")
+@click.option("--target", type=click.FloatRange(0.0, 10.0), default=0.05, show_default=True,
+              help="False alarms allowed per stream.")
+@click.option("--seed", type=int, default=1000, show_default=True, help="Seed of the first stream.")
+@click.option("--dry-run", is_flag=True, help="Print the thresholds; do not write them into the pipeline file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_friendly
+def drift_calibrate(streams: int, length: int, target: float, seed: int, dry_run: bool, as_json: bool) -> None:
+    """Set every monitor's threshold for a false-alarm rate, replaying the generator's stationary streams
+    scored by the active model, and write them into the pipeline file."""
+    from streaming.inference.registry import ModelRegistry
+    from streaming.online.stationary import calibrate_pipeline, write_calibration
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, _, pipeline = load_components(s)
+    registry = ModelRegistry(s.path(s.models_dir), pipeline.name)
+    results = calibrate_pipeline(pipeline, registry, streams=streams, length=length, target=target, seed=seed,
+                                 progress=lambda m: click.echo(f"calibrate: {m}", err=True))
+    path = s.path(s.pipeline)
+    if not dry_run:
+        write_calibration(path, results)
+    for r in results:
+        click.echo(r.line(), err=as_json)
+    click.echo(("dry run: nothing written" if dry_run else f"written into {path}"), err=as_json)
+    if as_json:
+        click.echo(orjson.dumps({"pipeline": str(path), "written": not dry_run, "target": target,
+                                 "streams": streams, "length": length,
+                                 "monitors": [r.as_dict() for r in results]}).decode())
+    if not all(r.calibration.met for r in results):
+        sys.exit(1)
+
+
 @cli.group()
 def models() -> None:
     """The model registry: models/<pipeline>/<version>/."""

@@ -1,10 +1,18 @@
 """``streaming demo``: the whole system on the embedded stack, with a summary.
 
 Brings up the broker and Redis (unless configured), trains the first model
-when there is none, starts a worker, plays synthetic payments in real time
-with the fraud pattern switching half-way and labels following after a
-delay, reads the predictions back, and prints (and writes) a summary. Ctrl-C
-stops everything it started.
+when there is none, starts a worker and the retrain job, plays synthetic
+payments in real time with the fraud pattern switching a third of the way in
+and labels following after a delay, reads the predictions back, and prints
+(and writes) a summary. Ctrl-C stops everything it started.
+
+The loop closes in the run: the monitors see the drift, one retrain request
+goes out, the retrain job trains the next version on the feature log's
+labelled rows, shadows it and promotes it when it wins, and the worker serves
+it without stopping. The run works on its own copy of the model registry
+(``<run_dir>/demo-models``), so the versions it makes do not change what
+``models/`` serves; when the drift was seen but the new version is not served
+yet at the end, the events go on (at most ``LOOP_WAIT_S`` more) until it is.
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import shutil
 import signal
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -29,7 +40,7 @@ from streaming.events.reader import TopicReader
 from streaming.events.topics import ensure_topics
 from streaming.features.store import drop_namespace
 from streaming.inference.registry import ModelRegistry
-from streaming.infra.processes import free_port
+from streaming.infra.processes import free_port, spawn, terminate
 from streaming.infra.stack import Stack, check_broker, resolve_endpoints
 from streaming.settings import Settings
 from streaming.synthetic.player import Player
@@ -39,6 +50,11 @@ from streaming.worker.process import WorkerProcess
 from streaming.worker.runtime import load_components
 
 __all__ = ["count_records", "run_demo", "scrape"]
+
+#: how long the demo goes on after its duration for the retrain loop to close (a new version served)
+LOOP_WAIT_S = 60.0
+#: events served by the new version before the demo stops, once it is active
+SERVED_AFTER_S = 5.0
 
 #: malformed records published on purpose, to show dead letters
 BAD_RECORDS = [b"not json at all", b'{"event_id": "bad-1"}', b"\x00\x00\x00\x00\x63garbage", b"[1, 2, 3]"]
@@ -110,6 +126,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
     worker: WorkerProcess | None = None
     reader: ReaderProcess | None = None
     producers: list[EventProducer] = []
+    children: list[int] = []
     namespaces: list[tuple[str, str]] = []
     run_dir = settings.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,12 +150,15 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         bootstrap, redis_url = resolve_endpoints(settings)
         check_broker(bootstrap)
 
-        registry = ModelRegistry(settings.path(settings.models_dir), pipeline.name)
-        if not registry.versions():
+        source = ModelRegistry(settings.path(settings.models_dir), pipeline.name)
+        if not source.versions():
             say("no model yet: training the first one")
-            train_pipeline(pipeline, registry, progress=say)
+            train_pipeline(pipeline, source, progress=say)
+        models_root = _own_registry(source, run_dir)
+        registry = ModelRegistry(models_root, pipeline.name)
         active = registry.active()
-        say(f"model {active.name} {active.version} (holdout ROC AUC {active.metadata['metrics']['roc_auc']:.3f})")
+        say(f"model {active.name} {active.version} (holdout ROC AUC {active.metadata['metrics']['roc_auc']:.3f}); "
+            f"the run's registry: {models_root}")
 
         ensure_topics(bootstrap, settings.topics.values(), settings.topic_partitions)
         started_ms = int(time.time() * 1000)
@@ -150,10 +170,14 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         env = {**{f"STREAMING_TOPIC_{k.upper()}": v for k, v in settings.topics.items()},
                "STREAMING_BROKER_URL": bootstrap, "STREAMING_REDIS_URL": redis_url,
                "STREAMING_METRICS_PORT": str(metrics_port), "STREAMING_RUN_DIR": str(run_dir),
-               "STREAMING_REDIS_PREFIX": namespace}
+               "STREAMING_REDIS_PREFIX": namespace, "STREAMING_MODELS_DIR": str(models_root)}
         say("starting the worker (joining the consumer group takes a few seconds)")
         worker = WorkerProcess(env, run_dir / "demo-worker.log")
         worker.start()
+        retrain = spawn([sys.executable, "-m", "streaming", "retrain", "--timeout", str(duration + LOOP_WAIT_S + 120)],
+                        run_dir / "demo-retrain.log", tie_to_parent=True, env={**os.environ, **env})
+        children.append(retrain.pid)
+        loop = _Loop(registry, active.version, f"http://127.0.0.1:{metrics_port}/metrics")
         now = time.time_ns() // 1000
         id_prefix = f"d{now // 1_000_000}-"
         # the load test's reader (its own process), with a live p99 for the progress line; it counts this run's
@@ -168,12 +192,12 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         for bad in BAD_RECORDS:
             events.send_raw(bad, key=b"bad")
         now = time.time_ns() // 1000
-        drift_at = now + int(duration / 2 * 1e6)
+        drift_at = now + int(duration / 3 * 1e6)
         gen = generator_for(pipeline, rate=rate, seed=seed, start_us=now, drift_at_us=drift_at, id_prefix=id_prefix)
         player = Player(gen, events, labels, id_field=pipeline.event.id_field, time_field=pipeline.event.time_field,
                         label_delay_s=label_delay, keep_ids=True)
-        say(f"publishing ~{rate:g} events/s for {duration:g}s; the fraud pattern switches at {duration / 2:g}s; "
-            f"labels follow after {label_delay:g}s")
+        say(f"publishing ~{rate:g} events/s for {duration:g}s; the fraud pattern switches at {duration / 3:g}s; "
+            f"labels follow after {label_delay:g}s; the retrain job acts on the monitors' requests")
         bar = tqdm(total=int(rate * duration), unit="ev", desc="events", dynamic_ncols=True)
         rd = reader
 
@@ -181,11 +205,15 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
             bar.n = stats.events
             phase = "drift" if time.time_ns() // 1000 >= drift_at else "before drift"
             bar.set_postfix_str(f"predictions {rd.count()}, labels {stats.labels}, p99 {rd.live_p99_ms():.0f} ms, "
-                                f"{phase}")
+                                f"{phase}{loop.status()}")
             if not worker or not worker.alive:
                 raise RuntimeError("the worker died; see " + str(run_dir / "demo-worker.log"))
 
         stats = player.run(duration, on_tick=tick)
+        if loop.pending():
+            say(f"the drift was seen and a new version is on its way: events go on (at most {LOOP_WAIT_S:g}s) "
+                "until the worker serves it")
+            stats = player.run(LOOP_WAIT_S, on_tick=tick, should_stop=lambda: not loop.pending())
         bar.n = stats.events
         bar.refresh()
         bar.close()
@@ -227,6 +255,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
             "generator_linger_ms": linger_ms,
             "model_version": active.version,
             "cpu_share": cpu_share,
+            "loop": loop.summary(bootstrap, settings.topic_retrain, codec, started_ms, drift_at, got.versions),
         }
         ok = complete and not missing and summary["dead_letters"] == len(BAD_RECORDS)
         summary["ok"] = ok
@@ -243,6 +272,9 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
                 reader.stop(timeout=10)
         if worker is not None:
             worker.stop()
+        for pid in children:
+            with contextlib.suppress(Exception):
+                terminate(pid)
         for url, namespace in namespaces:
             with contextlib.suppress(Exception):  # best effort: the keys expire anyway
                 drop_namespace(url, namespace)
@@ -253,9 +285,134 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
 _PRODUCED, _PREDICTED = STAGE_FIELDS.index("produced_at"), STAGE_FIELDS.index("predicted_at")
 
 
+def _own_registry(source: ModelRegistry, run_dir: Path) -> Path:
+    """A registry of the run's own holding the active version of ``source``: what the retrain job adds and
+    promotes stays in it."""
+    active = source.active()
+    root = run_dir / "demo-models"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(active.path, root / source.name / active.version)
+    ModelRegistry(root, source.name).activate(active.version)
+    return root
+
+
+class _Loop:
+    """Where the retrain loop stands: requests (the worker's metrics), new versions and the active one (the
+    registry)."""
+
+    def __init__(self, registry: ModelRegistry, first: str, metrics_url: str) -> None:
+        self.registry = registry
+        self.first = first
+        self.metrics_url = metrics_url
+        self.requests = 0.0
+        self.promoted_at: float | None = None
+        self._checked = 0.0
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._checked < 0.5:
+            return
+        self._checked = time.monotonic()
+        with contextlib.suppress(Exception):
+            self.requests = _sum(scrape(self.metrics_url), "streaming_retrain_requests_total")
+        if self.promoted_at is None and self.registry.active().version != self.first:
+            self.promoted_at = time.monotonic()
+
+    def new_versions(self) -> list[Any]:
+        return [v for v in self.registry.versions() if v.version != self.first]
+
+    def pending(self) -> bool:
+        """A request went out and its version is not settled: not trained yet, or promoted only just now."""
+        self._refresh()
+        if not self.requests:
+            return False
+        if self.promoted_at is not None:
+            return time.monotonic() - self.promoted_at < SERVED_AFTER_S
+        return not self.new_versions()  # trained but not promoted: it stays in shadow, nothing to wait for
+
+    def status(self) -> str:
+        self._refresh()
+        if self.promoted_at is not None:
+            return f", {self.registry.active().version} promoted"
+        if self.new_versions():
+            return f", {self.new_versions()[-1].version} in shadow"
+        return ", retrain requested" if self.requests else ""
+
+    def summary(self, bootstrap: str, topic: str, codec: Any, started_ms: int, drift_at_us: int,
+                served: dict[str, int]) -> dict[str, Any]:
+        """The sequence: drift switch, request(s), the version trained, its evaluation, promotion, serving."""
+        reqs = _read_requests(bootstrap, topic, codec, started_ms)
+        start_us = started_ms * 1000
+        out: dict[str, Any] = {
+            "drift_switch_s": round((drift_at_us - start_us) / 1e6, 1),
+            "requests": len(reqs),
+            "first_request": None,
+            "new_version": None,
+            "served_by_version": dict(sorted(served.items())),
+        }
+        if reqs:
+            r = reqs[0]
+            out["first_request"] = {"monitor": r["monitor"], "signal": r["signal"], "severity": r["severity"],
+                                    "at_s": round((r["detected_at"] - start_us) / 1e6, 1)}
+        new = self.new_versions()
+        if new:
+            v = new[0]
+            ev = v.metadata.get("evaluation", {})
+            created = v.path.joinpath("metadata.json").stat().st_mtime
+            out["new_version"] = {
+                "version": v.version,
+                "trained_at_s": round(created - started_ms / 1000, 1),
+                "rows": v.metadata.get("training_data", {}).get("rows"),
+                "candidate_rocauc": ev.get("candidate", {}).get("roc_auc"),
+                "active_rocauc": ev.get("active", {}).get("roc_auc"),
+                "promoted": self.registry.active().version == v.version,
+                "served": served.get(v.version, 0),
+            }
+        return out
+
+
+def _read_requests(bootstrap: str, topic: str, codec: Any, since_ms: int) -> list[dict[str, Any]]:
+    reader = TopicReader(bootstrap, topic, from_beginning=True)
+    out = []
+    try:
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 1.0:
+            msgs = reader.poll(0.2)
+            if msgs:
+                idle_since = time.monotonic()
+            for m in msgs:
+                if m.timestamp()[1] >= since_ms:
+                    with contextlib.suppress(Exception):
+                        out.append(codec.decode("retrain_request", m.value()))
+    finally:
+        reader.close()
+    return sorted(out, key=lambda r: r["detected_at"])
+
+
 def _own(got: ReadResult, id_prefix: str) -> dict[str, tuple[int, tuple[int, ...]]]:
     """This run's predictions (its event ids start with ``id_prefix``): event id → (µs received, stage fields)."""
     return {eid: (recv, st) for eid, (recv, st) in got.first.items() if st is not None and eid.startswith(id_prefix)}
+
+
+def _loop_lines(loop: dict[str, Any]) -> list[str]:
+    """The retrain loop, step by step, in seconds since the start."""
+    lines = [f"the loop                 fraud pattern switched at {loop['drift_switch_s']:.0f}s"]
+    req = loop["first_request"]
+    if req is None:
+        return [*lines, "                         no drift detected: no retrain request"]
+    lines.append(f"                         {req['at_s']:.1f}s  retrain requested by {req['monitor']} "
+                 f"({req['signal']}, {req['severity']}); {loop['requests']} request(s) in all")
+    new = loop["new_version"]
+    if new is None:
+        return [*lines, "                         no new version trained (see demo-retrain.log)"]
+    lines.append(f"                         {new['trained_at_s']:.1f}s  {new['version']} trained on {new['rows']} "
+                 f"labelled rows, in shadow: ROC AUC {new['candidate_rocauc']:.3f} vs the active "
+                 f"{new['active_rocauc'] if new['active_rocauc'] is None else round(new['active_rocauc'], 3)}")
+    if new["promoted"]:
+        lines.append(f"                         {new['version']} promoted; it served {new['served']} events "
+                     f"(by version: {loop['served_by_version']})")
+    else:
+        lines.append(f"                         {new['version']} stays in shadow (it did not win by the margin)")
+    return lines
 
 
 def _write(summary: dict[str, Any], path: Path, say: Any) -> None:
@@ -274,6 +431,7 @@ def _write(summary: dict[str, Any], path: Path, say: Any) -> None:
         f"labels                 {summary['labels_published']:>8}   published, {summary['labels_joined']:.0f} joined, "
         f"{summary['label_dead_letters']} dead-lettered",
         f"drift detections       {summary['drift_detections']:>8.0f}   retrain requests {summary['retrain_requests']}",
+        *_loop_lines(summary["loop"]),
         f"online ROC AUC         model {summary['model_rocauc']:.3f}   learner {summary['learner_rocauc']:.3f}   (rolling)",
         f"result                 {'OK: every event was scored once' if summary['ok'] else 'FAILED'}",
     ]

@@ -44,8 +44,10 @@ class SettingDoc:
     minimum: float | None = None
 
 
-def _setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
-    return field(default=default, metadata={"doc": SettingDoc(doc, choices, minimum)})
+def _setting(default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+             secret: bool = False) -> Any:
+    """A setting; a ``secret`` one is left out of the settings' repr (and so of any log line that prints them)."""
+    return field(default=default, repr=not secret, metadata={"doc": SettingDoc(doc, choices, minimum)})
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,19 @@ class Settings:
         "set their own per run, so that no run sees another's windows.",
     )
     challenger: bool = _setting(True, "Score each event with the online learner too (challenger_score).")
+    # -- online learning
+    checkpoint_key: str = _setting(
+        "", "Key (at least 16 bytes) of the HMAC that signs the learner's checkpoints; every worker of a pipeline "
+        "needs the same one. Empty: the key file.", secret=True,
+    )
+    checkpoint_key_file: str = _setting(
+        "", "File holding the checkpoint HMAC key (created with mode 0600 when missing). Empty: "
+        "<run_dir>/checkpoint.key.",
+    )
+    checkpoint_interval_s: float = _setting(
+        30.0, "Seconds between checkpoints of the learner, evaluator and monitors (one is also written at a clean "
+        "stop; 0 disables them).", minimum=0,
+    )
     # -- observability
     metrics_host: str = _setting("127.0.0.1", "Bind address of the worker's /metrics endpoint.")
     metrics_port: int = _setting(9464, "Port of the worker's /metrics endpoint (0 disables it).", minimum=0)

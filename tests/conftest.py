@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,9 +92,28 @@ def worker_env(servers: Servers, models: Path, *, pipeline: Path | None = None, 
         "STREAMING_TOPIC_RETRAIN": f"retrain-{tag}",
         "STREAMING_TOPIC_DLQ": f"dlq-{tag}",
         "STREAMING_METRICS_PORT": "0",
+        # its own feature-store namespace: windows, feature log, label claims, drift claims and checkpoints
+        "STREAMING_REDIS_PREFIX": f"{tag}:",
     }
     env.update(extra)
     return env
+
+
+def pipeline_variant(dest: Path, *, monitors: tuple[str, ...] | None = None, **tables: dict[str, Any]) -> Path:
+    """A copy of the fraud pipeline at ``dest`` keeping only the ``monitors`` named, with ``tables`` replaced."""
+    import tomlkit
+
+    doc = tomlkit.parse((ROOT / "models" / "fraud" / "pipeline.toml").read_text())
+    if monitors is not None:
+        kept = tomlkit.aot()
+        for m in doc["monitors"]:  # type: ignore[union-attr]
+            if m["name"] in monitors:
+                kept.append(m)
+        doc["monitors"] = kept
+    for name, table in tables.items():
+        doc[name] = table
+    dest.write_text(tomlkit.dumps(doc))
+    return dest
 
 
 def settings_from(env: dict[str, str]) -> Settings:

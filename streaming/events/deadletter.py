@@ -10,10 +10,28 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["DeadLetter", "HEADER_PREFIX"]
+__all__ = ["DeadLetter", "HEADER_PREFIX", "SourceRecord"]
 
 HEADER_PREFIX = "dlq."
+
+
+class SourceRecord(Protocol):
+    """Where a dead letter comes from: a consumed record (the worker's ``InRecord`` is one)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp_ms(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,12 @@ class DeadLetter:
     stage: str
     error_class: str
     reason: str
+
+    @classmethod
+    def of(cls, rec: SourceRecord, stage: str, exc: BaseException) -> DeadLetter:
+        """The dead letter of ``rec``, which failed at ``stage`` with ``exc``."""
+        return cls(rec.key, rec.value, rec.topic, rec.partition, rec.offset, rec.timestamp_ms, stage,
+                   type(exc).__name__, str(exc))
 
     def parts(self, max_bytes: int | None = None) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
         """The dead letter's key, value and headers, the value and key cut to ``max_bytes`` if larger."""

@@ -112,7 +112,9 @@ class FeatureStore(Protocol):
 
     async def read_served(self, event_ids: Sequence[str]) -> list[ServedVector | ValueError | None]: ...
 
-    async def claim_labels(self, event_ids: Sequence[str]) -> list[bool]: ...
+    async def claim_labels(self, event_ids: Sequence[str], sources: Sequence[str]) -> list[str | None]: ...
+
+    async def claim_drift(self, dedupe_key: str, request_id: str, ttl_s: float) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -224,17 +226,28 @@ class RedisFeatureStore:
         raw = await pipe.execute()
         return [None if d is None else _parse(eid, d) for eid, d in zip(event_ids, raw, strict=True)]
 
-    async def claim_labels(self, event_ids: Sequence[str]) -> list[bool]:
-        """Mark each event's label as learned; False for one marked before (a duplicate or a redelivery).
+    async def claim_labels(self, event_ids: Sequence[str], sources: Sequence[str]) -> list[str | None]:
+        """Mark each event's label as learned from the label record ``sources[i]`` (``"partition:offset"``).
 
-        The marks live as long as the feature log (a label for an older event finds no vector anyway)."""
+        Returns None for a label claimed now, else the source that claimed it before: another record
+        (a second label for the event) or the same one (a redelivery: the caller knows whether its
+        learner's state already holds it). The marks live as long as the feature log (a label for an
+        older event finds no vector anyway). One ``SET NX GET`` per label (Redis 7)."""
         if not event_ids:
             return []
         pipe = self.client.pipeline(transaction=False)
-        for eid in event_ids:
-            pipe.set(f"{self.prefix}lab:{{{eid}}}", b"1", nx=True, ex=self.log_ttl_s)
+        for eid, src in zip(event_ids, sources, strict=True):
+            pipe.set(f"{self.prefix}lab:{{{eid}}}", src.encode(), nx=True, ex=self.log_ttl_s, get=True)
         self.round_trips += 1
-        return [bool(r) for r in await pipe.execute()]
+        return [None if r is None else (r.decode() if isinstance(r, bytes) else str(r)) for r in await pipe.execute()]
+
+    async def claim_drift(self, dedupe_key: str, request_id: str, ttl_s: float) -> bool:
+        """Claim the right to publish the retrain request of ``dedupe_key``'s model version: True for the
+        first claimant (any worker, any monitor) within ``ttl_s``."""
+        self.round_trips += 1
+        model_version = dedupe_key.rsplit(":", 1)[0]
+        return bool(await self.client.set(f"{self.prefix}drift:{{{model_version}}}", request_id.encode(),
+                                          nx=True, ex=max(1, int(ttl_s))))
 
     async def close(self) -> None:
         await self.client.aclose()

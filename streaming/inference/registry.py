@@ -38,6 +38,11 @@ class ModelVersion:
         return self.path / "model.onnx"
 
     @property
+    def reference_path(self) -> Path:
+        """The reference snapshot the label-free drift monitors compare with (written at training)."""
+        return self.path / "reference.json"
+
+    @property
     def inputs(self) -> list[str]:
         """The input names in order, from the metadata (:class:`ModelError` when missing or malformed)."""
         inputs = self.metadata.get("inputs")

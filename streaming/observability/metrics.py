@@ -96,9 +96,23 @@ class Metrics:
         self.drift_statistic = Gauge(
             "streaming_drift_statistic", "The monitored statistic.", ["monitor", "signal"], registry=r
         )
-        self.drift_state = Gauge("streaming_drift_state", "0 ok, 1 drift.", ["monitor"], registry=r)
+        self.drift_state = Gauge("streaming_drift_state", "0 ok, 1 warning, 2 drift.", ["monitor"], registry=r)
         self.drift_detections = Counter(
             "streaming_drift_detections", "Detector firings, cooldown included.", ["monitor"], registry=r
+        )
+        self.checkpoints = Counter(
+            "streaming_checkpoints", "Learner checkpoints saved, restored and refused (tampered, unreadable).",
+            ["outcome"], registry=r,
+        )
+        self.checkpoint_bytes = Gauge("streaming_checkpoint_bytes", "Size of the last checkpoint written.",
+                                      registry=r)
+        self.retrain_deduplicated = Counter(
+            "streaming_retrain_deduplicated", "Drifts another worker or monitor group requested first.", ["model"],
+            registry=r,
+        )
+        self.learner_labels = Gauge(
+            "streaming_learner_labels", "Labels the online learner has learned from (it abstains below its warmup).",
+            ["pipeline"], registry=r,
         )
         self.retrain_requests = Counter(
             "streaming_retrain_requests", "Retrain requests published.", ["model", "monitor"], registry=r

@@ -17,8 +17,10 @@ from streaming.inference.batching.buckets import check_buckets
 from streaming.pipeline.spec import (
     AGGREGATIONS,
     BATCH_POLICIES,
+    LEARNERS,
     BatchingSpec,
     CompareFeature,
+    DriftSpec,
     EventSpec,
     FallbackSpec,
     Feature,
@@ -29,15 +31,21 @@ from streaming.pipeline.spec import (
     MonitorSpec,
     Pipeline,
     RatioFeature,
+    RetrainSpec,
     WindowFeature,
     parse_duration,
 )
 
 __all__ = ["load_pipeline", "LEARNERS", "DETECTORS", "SIGNALS"]
 
-LEARNERS = ("logistic_regression", "hoeffding_tree")
-DETECTORS = ("adwin", "page_hinkley")
-SIGNALS = ("error", "score")
+#: the detectors each signal may use (streaming.online.detectors)
+SIGNAL_DETECTORS = {
+    "error": ("adwin", "ddm", "hddm_w", "page_hinkley"),
+    "score": ("psi", "ks", "page_hinkley", "adwin"),
+    "features": ("ks",),
+}
+DETECTORS = tuple(dict.fromkeys(d for ds in SIGNAL_DETECTORS.values() for d in ds))
+SIGNALS = tuple(SIGNAL_DETECTORS)
 _NUMERIC = {"int", "long", "float", "double", "boolean"}
 
 
@@ -173,6 +181,59 @@ def _batching(path: Path, raw: Any) -> BatchingSpec:
     )
 
 
+def _drift(path: Path, raw: Any, n_monitors: int) -> DriftSpec:
+    """The ``[drift]`` table: K of N monitors, their agreement window, the model's request cooldown."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: [drift] must be a table")
+    unknown = sorted(set(raw) - {"require", "agree_within", "cooldown"})
+    if unknown:
+        raise PipelineError(f"{path}: [drift] unknown keys: {', '.join(unknown)} (known: agree_within, cooldown, "
+                            "require)")
+    d = DriftSpec()
+    require = raw.get("require", d.require)
+    if isinstance(require, bool) or not isinstance(require, int) or not 1 <= require <= max(1, n_monitors):
+        raise PipelineError(f"{path}: [drift] require must be an integer from 1 to the number of monitors "
+                            f"({n_monitors}), got {require!r}")
+    try:
+        within = parse_duration(raw.get("agree_within", d.agree_within_s))
+        cooldown = parse_duration(raw.get("cooldown", d.cooldown_s))
+    except ValueError as exc:
+        raise PipelineError(f"{path}: [drift] {exc}") from None
+    if not 0 < within <= 86400 or not 0 <= cooldown <= 30 * 86400:
+        raise PipelineError(f"{path}: [drift] agree_within must be within (0, 1d] and cooldown within [0, 30d]")
+    return DriftSpec(require, within, cooldown)
+
+
+def _retrain(path: Path, raw: Any) -> RetrainSpec:
+    """The ``[retrain]`` table: how the retrain job trains, evaluates and promotes a new version."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: [retrain] must be a table")
+    known = {"auto_promote", "margin", "lookback", "min_rows", "holdout"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise PipelineError(f"{path}: [retrain] unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    d = RetrainSpec()
+    auto = raw.get("auto_promote", d.auto_promote)
+    if not isinstance(auto, bool):
+        raise PipelineError(f"{path}: [retrain] auto_promote must be true or false, got {auto!r}")
+    margin = raw.get("margin", d.margin)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0.0 <= margin <= 1.0:
+        raise PipelineError(f"{path}: [retrain] margin must be a number from 0 to 1 (ROC AUC points), got {margin!r}")
+    try:
+        lookback = parse_duration(raw.get("lookback", d.lookback_s))
+    except ValueError as exc:
+        raise PipelineError(f"{path}: [retrain] lookback: {exc}") from None
+    if not 0 < lookback <= 30 * 86400:
+        raise PipelineError(f"{path}: [retrain] lookback must be between 0 and 30d, got {raw.get('lookback')!r}")
+    rows = raw.get("min_rows", d.min_rows)
+    if isinstance(rows, bool) or not isinstance(rows, int) or not 10 <= rows <= 100_000_000:
+        raise PipelineError(f"{path}: [retrain] min_rows must be an integer from 10 to 100000000, got {rows!r}")
+    holdout = raw.get("holdout", d.holdout)
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0.05 <= holdout <= 0.5:
+        raise PipelineError(f"{path}: [retrain] holdout must be a share from 0.05 to 0.5, got {holdout!r}")
+    return RetrainSpec(auto, float(margin), lookback, rows, float(holdout))
+
+
 def _limits(path: Path, raw: Any) -> Limits:
     """The ``[limits]`` table: what one input record may be (sizes, depth, magnitudes, future event times)."""
     if not isinstance(raw, dict):
@@ -294,7 +355,10 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
         raise PipelineError(f"{path}: [learner] label_wait must be between 0 and 1h, got {lr.get('label_wait')!r}")
     if isinstance(wait_max, bool) or not isinstance(wait_max, int) or not 1 <= wait_max <= 10_000_000:
         raise PipelineError(f"{path}: [learner] label_wait_max must be an integer from 1 to 10000000, got {wait_max!r}")
-    learner = LearnerSpec(lr["kind"], dict(lr.get("params", {})), label_wait, wait_max)
+    warmup = lr.get("warmup", LearnerSpec.warmup)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= 10_000_000:
+        raise PipelineError(f"{path}: [learner] warmup must be an integer from 0 to 10000000 (labels), got {warmup!r}")
+    learner = LearnerSpec(lr["kind"], dict(lr.get("params", {})), label_wait, wait_max, warmup)
 
     monitors = []
     for i, mon in enumerate(raw.get("monitors", [])):
@@ -303,6 +367,13 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
             raise c.fail(where, f"unknown detector {mon.get('detector')!r} ({', '.join(DETECTORS)})")
         if mon.get("signal") not in SIGNALS:
             raise c.fail(where, f"unknown signal {mon.get('signal')!r} ({', '.join(SIGNALS)})")
+        allowed = SIGNAL_DETECTORS[mon["signal"]]
+        if mon["detector"] not in allowed:
+            raise c.fail(where, f"detector {mon['detector']!r} does not watch the {mon['signal']} signal "
+                                f"(use {', '.join(allowed)})")
+        recover = mon.get("recover", MonitorSpec.recover)
+        if isinstance(recover, bool) or not isinstance(recover, int) or not 1 <= recover <= 10_000_000:
+            raise c.fail(where, f"recover must be an integer from 1 to 10000000 (samples), got {recover!r}")
         monitors.append(
             MonitorSpec(
                 name=str(mon.get("name", f"{mon['detector']}_{mon['signal']}")),
@@ -311,8 +382,13 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
                 params=dict(mon.get("params", {})),
                 cooldown_s=c.duration(where + " cooldown", mon.get("cooldown", "5m")),
                 severity=str(mon.get("severity", "warning")),
+                recover=recover,
             )
         )
+    names_seen = [m.name for m in monitors]
+    if len(set(names_seen)) != len(names_seen):
+        raise PipelineError(f"{path}: [[monitors]] names must be unique, got {', '.join(names_seen)}")
+    drift = _drift(path, raw.get("drift", {}), len(monitors))
 
     threshold = head.get("threshold", 0.5)
     if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
@@ -326,6 +402,8 @@ def load_pipeline(path: Path, registry: SchemaRegistry) -> Pipeline:
     return Pipeline(
         batching=_batching(path, raw.get("batching", {})),
         limits=_limits(path, raw.get("limits", {})),
+        retrain=_retrain(path, raw.get("retrain", {})),
+        drift=drift,
         lateness_s=c.duration("[pipeline] lateness", head.get("lateness", "1m")),
         on_store_error=on_error,
         name=name,

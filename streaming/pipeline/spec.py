@@ -18,8 +18,11 @@ __all__ = [
     "AGGREGATIONS",
     "ModelSpec",
     "FallbackSpec",
+    "LEARNERS",
     "LearnerSpec",
     "MonitorSpec",
+    "DriftSpec",
+    "RetrainSpec",
     "Pipeline",
     "BatchingSpec",
     "BATCH_POLICIES",
@@ -128,6 +131,10 @@ class ModelSpec:
     fallback: FallbackSpec = field(default_factory=FallbackSpec)
 
 
+#: the online learner kinds (streaming.online.learners)
+LEARNERS = ("logistic_regression", "hoeffding_tree", "hoeffding_adaptive_tree", "adaptive_random_forest")
+
+
 @dataclass(frozen=True)
 class LearnerSpec:
     """The online learner, and how long a label may wait for its event's served vector.
@@ -135,22 +142,64 @@ class LearnerSpec:
     A label that arrives before the vector of its event is in the feature log (labels right after
     their events) waits up to ``label_wait_s``; at most ``label_wait_max`` labels wait at once (then
     the label consumer pauses). Its offset is committed only once it is joined or dead-lettered.
+    Until it has learned from ``warmup`` labels the learner abstains: no fallback or challenger score
+    comes from it.
     """
 
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
     label_wait_s: float = 30.0
     label_wait_max: int = 100_000
+    warmup: int = 200  # labels learned from before its scores are used (it abstains until then)
 
 
 @dataclass(frozen=True)
 class MonitorSpec:
+    """One drift monitor (streaming.online.monitor): a detector on one signal, and its state machine.
+
+    ``signal``: ``error`` (|label - score| of each joined label), ``score`` (every scored event, no
+    label needed) or ``features`` (every served vector, against the model's reference snapshot).
+    ``cooldown_s`` of event time in DRIFT, then ``recover`` samples at level OK, before it is OK again.
+    """
+
     name: str
     detector: str
-    signal: str  # "error" (|label - score|) or "score"
+    signal: str
     params: dict[str, Any] = field(default_factory=dict)
     cooldown_s: float = 300.0
     severity: str = "warning"
+    recover: int = 100
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """When monitors' detections become a retrain request (the ``[drift]`` table).
+
+    ``require`` monitors (K of N) must enter DRIFT within ``agree_within_s`` of event time; then one
+    request per model version per ``cooldown_s`` (the dedupe key is claimed in Redis, across workers).
+    """
+
+    require: int = 1
+    agree_within_s: float = 300.0
+    cooldown_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """What ``streaming retrain`` does with a retrain request for this pipeline (docs/online.md).
+
+    It trains on the labelled rows of the feature log whose event time lies within ``lookback`` before the
+    request's ``window_end`` and after it (at least ``min_rows`` of them), keeps the most recent ``holdout``
+    share to evaluate the new version against the active one on the same rows, registers the new version
+    and puts it in shadow; it activates it only when ``auto_promote`` is on and the new version's ROC AUC
+    beats the active one's by at least ``margin``.
+    """
+
+    auto_promote: bool = False
+    margin: float = 0.01
+    lookback_s: float = 600.0
+    min_rows: int = 1000
+    holdout: float = 0.2
 
 
 BATCH_POLICIES = ("none", "static", "adaptive")
@@ -194,6 +243,8 @@ class Pipeline:
     on_store_error: str = "pause"  # or "default": score with default features, flagged
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     limits: Limits = field(default_factory=Limits)
+    retrain: RetrainSpec = field(default_factory=RetrainSpec)
+    drift: DriftSpec = field(default_factory=DriftSpec)
 
     @property
     def window_features(self) -> tuple[WindowFeature, ...]:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from streaming.inference.registry import ModelRegistry, ModelVersion
+from streaming.online.detectors import ReferenceSnapshot
 from streaming.pipeline.spec import Pipeline, parse_duration
 from streaming.training.dataset import build_dataset
 from streaming.training.trainer import train_mlp
@@ -55,6 +56,9 @@ def train_pipeline(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     mv = registry.write(trained.onnx_bytes, meta)
+    # what the label-free drift monitors compare the served traffic with: a sample of the training rows and scores
+    ReferenceSnapshot.from_arrays(ds.X, trained.estimator.predict_proba(ds.X)[:, 1], ds.feature_names).save(
+        mv.reference_path)
     if activate:
         registry.activate(mv.version)
     m = trained.metrics

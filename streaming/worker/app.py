@@ -28,6 +28,7 @@ from streaming.settings import Settings
 from streaming.worker import transport
 from streaming.worker.acks import OrderedAcks
 from streaming.worker.batcher import policy_for
+from streaming.worker.checkpoints import LearnerCheckpoints
 from streaming.worker.fatal import crash
 from streaming.worker.intake import register_batch_handler
 from streaming.worker.learn import LabelProcessor
@@ -128,6 +129,7 @@ def create_app(rt: Runtime) -> StreamingApp:
                       take_rows=s.batch_max_rows, on_failure=lambda exc: crash("the inference loop", exc),
                       drain_timeout_s=min(5.0, 0.4 * s.stop_timeout_s))
     learner = LabelProcessor(rt)
+    checkpoints = LearnerCheckpoints(rt, learner) if s.checkpoint_interval_s > 0 else None
     offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> the next offset to process (consumer lag)
 
     async def take_events(messages: list[Any]) -> None:
@@ -139,6 +141,8 @@ def create_app(rt: Runtime) -> StreamingApp:
         publisher.check()
         while learner.full:  # as many labels wait for their vectors as the pipeline allows: pause the consumer
             await asyncio.sleep(0.05)
+        if checkpoints is not None:
+            await checkpoints.restore()  # the learner's state from before a restart, before it learns more
         batch = await learner.process(to_records(messages, offsets), messages)
         await publisher.publish(batch.out, batch.done, [])  # acked once its records (if any) are on the broker
 
@@ -153,9 +157,46 @@ def create_app(rt: Runtime) -> StreamingApp:
         except Exception as exc:
             crash("the label join", exc)
 
+    @app.timer(interval=0.5)
+    async def watch_served() -> None:
+        """The label-free monitors (scores, feature vectors) on what was served since the last tick."""
+        if not rt.served_samples:
+            return
+        try:
+            batch = await learner.watch_served()
+            await publisher.publish(batch.out, [], [])
+        except Exception as exc:
+            crash("the drift monitors", exc)
+
+    if checkpoints is not None:
+        ckpt = checkpoints
+
+        @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+        async def replay_labels(_sender: Any, assigned: Any, **_kw: Any) -> None:
+            """Labels learned after the last checkpoint are learned again (their offsets may be committed)."""
+            try:
+                await ckpt.seek_labels(app.consumer, assigned)
+            except Exception as exc:
+                crash("restoring the learner's checkpoint", exc)
+
+        @app.timer(interval=s.checkpoint_interval_s)
+        async def checkpoint() -> None:
+            try:
+                await ckpt.save()
+            except Exception as exc:  # Redis down: the next tick tries again; the learner goes on
+                log.warning("learner checkpoint not written (%s: %s)", type(exc).__name__, exc)
+
+        async def last_checkpoint() -> None:
+            try:
+                await asyncio.wait_for(ckpt.save(), timeout=max(1.0, 0.2 * s.stop_timeout_s))
+            except Exception as exc:
+                log.warning("learner checkpoint not written at the stop (%s: %s)", type(exc).__name__, exc)
+
     register_batch_handler(app, events_topic, take_events)
     register_batch_handler(app, labels_topic, take_labels)
     app.drains.append(score.drain)
+    if checkpoints is not None:
+        app.drains.append(last_checkpoint)
 
     @app.timer(interval=1.0)
     async def watch_models() -> None:

@@ -18,18 +18,20 @@ nothing is acked meanwhile.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streaming.drift.monitor import DriftMonitor
+from streaming.events.deadletter import DeadLetter
 from streaming.features.store import ServedVector
+from streaming.online.monitor import STATES
+from streaming.online.request import RetrainRequest
 from streaming.worker.records import InRecord, OutRecord
 from streaming.worker.retry import until_stored
 from streaming.worker.runtime import Runtime
-from streaming.worker.score import dead_letter
 
 __all__ = ["LabelProcessor", "LearnedBatch"]
 
@@ -42,7 +44,7 @@ class LearnedBatch:
     joined: int
     unjoined: int
     invalid: int
-    requests: list[dict[str, Any]]
+    requests: list[RetrainRequest]
     unlearnable: int = 0
     duplicates: int = 0
     done: list[Any] = field(default_factory=list)  # tokens of the labels finished here (joined or dead-lettered)
@@ -68,6 +70,7 @@ class LabelProcessor:
         self.wait_max = rt.pipeline.learner.label_wait_max
         self.log_ttl_s = rt.settings.feature_log_ttl_s
         self.waiting: list[_Label] = []
+        self.learned: dict[str, int] = {}  # labels partition -> highest offset the learner has learned from
 
     @property
     def full(self) -> bool:
@@ -75,7 +78,7 @@ class LabelProcessor:
         return len(self.waiting) >= self.wait_max
 
     def _dead(self, rec: InRecord, stage: str, exc: BaseException, outcome: str) -> OutRecord:
-        dl = dead_letter(rec, stage, exc)
+        dl = DeadLetter.of(rec, stage, exc)
         m = self.rt.metrics
         m.deadletters.labels(stage).inc()
         m.labels.labels(outcome).inc()
@@ -118,10 +121,8 @@ class LabelProcessor:
         m = rt.metrics
         served = await self._read_served([str(w.lab["event_id"]) for w in labels]) if labels else []
         joined = unjoined = unlearnable = 0
-        requests: list[dict[str, Any]] = []
-        active = rt.models.active.tag
-        if any(mon.model_version != active for mon in rt.monitors):  # a new model: watch it from scratch
-            rt.monitors = [DriftMonitor(mon.spec, rt.pipeline.name, active) for mon in rt.monitors]
+        requests: list[RetrainRequest] = []
+        rt.watch_active()  # a new model: its monitors start from scratch
         now = time.monotonic()
         now_ms = time.time() * 1000
         learnable: list[tuple[_Label, ServedVector]] = []
@@ -149,64 +150,122 @@ class LabelProcessor:
                 learnable.append((w, sv))
                 continue
             done.append(w.token)
-        claimed = await self._claim([sv.event_id for _, sv in learnable]) if learnable else []
+        claimed = await self._claim([sv.event_id for _, sv in learnable],
+                                    [f"{w.rec.partition}:{w.rec.offset}" for w, _ in learnable]) if learnable else []
         duplicates = 0
-        for (w, sv), new in zip(learnable, claimed, strict=True):
+        for (w, sv), holder in zip(learnable, claimed, strict=True):
             done.append(w.token)
-            if not new:
+            if not self._new(w.rec, holder):
                 duplicates += 1  # learned before (a redelivered or a second label): not twice
                 continue
             try:
-                requests.extend(self._learn(w.lab, sv))
+                req = self._learn(w.lab, sv)
             except Exception as exc:  # the learner or a monitor raised on this label
                 unlearnable += 1
                 out.append(self._dead(w.rec, "label_learn", exc, "unlearnable"))
                 continue
+            self.learned[str(w.rec.partition)] = max(w.rec.offset, self.learned.get(str(w.rec.partition), -1))
             joined += 1
+            if req is not None:
+                requests.append(req)
+        requests = await self.claim_requests(requests)
         if duplicates:
             m.labels.labels("duplicate").inc(duplicates)
         m.labels_waiting.set(len(self.waiting))
-        for req in requests:
-            m.retrain_requests.labels(req["model"], req["monitor"]).inc()
-            out.append(OutRecord(rt.settings.topic_retrain, req["model"].encode(), rt.codec.encode("retrain_request", req)))
+        out.extend(self.request_records(requests))
         m.labels.labels("joined").inc(joined)
+        m.learner_labels.labels(rt.pipeline.name).set(rt.learner.seen)
         for scorer, values in rt.evaluator.report().items():
             for metric, v in values.items():
                 if metric != "n":
                     m.online_metric.labels(rt.pipeline.name, scorer, metric).set(v)
+        self.export_monitors()
         return LearnedBatch(out, joined, unjoined, 0, requests, unlearnable, duplicates, done, len(self.waiting))
 
-    async def _claim(self, event_ids: list[str]) -> list[bool]:
-        """Which labels are new (:meth:`FeatureStore.claim_labels`), retried while the feature store fails."""
-        return await until_stored(lambda: self.rt.store.claim_labels(event_ids), op="claim_labels",
+    async def _claim(self, event_ids: list[str], sources: list[str]) -> list[str | None]:
+        """Who learned each label before (:meth:`FeatureStore.claim_labels`), retried while the store fails."""
+        return await until_stored(lambda: self.rt.store.claim_labels(event_ids, sources), op="claim_labels",
                                   what="label claim (labels paused)", metrics=self.rt.metrics,
                                   max_backoff_s=self.max_backoff_s)
 
-    def _learn(self, lab: dict[str, Any], sv: ServedVector) -> list[dict[str, Any]]:
-        """Learn from one joined label, evaluate the scorers, update the monitors; the retrain requests."""
+    def _new(self, rec: InRecord, holder: str | None) -> bool:
+        """Whether to learn this label: claimed now, or claimed by this very record before and not in the
+        learner yet (a redelivery after a restart whose checkpoint predates it)."""
+        if holder is None:
+            return True
+        return holder == f"{rec.partition}:{rec.offset}" and rec.offset > self.learned.get(str(rec.partition), -1)
+
+    async def claim_requests(self, requests: list[RetrainRequest]) -> list[RetrainRequest]:
+        """The requests this worker publishes: each model version's drift is claimed once in Redis, by
+        whichever worker and monitor group gets there first (the others count it as deduplicated)."""
+        kept = []
+        for req in requests:
+            ttl = max(self.rt.pipeline.drift.cooldown_s, 1.0)
+            first = await until_stored(functools.partial(self.rt.store.claim_drift, req.dedupe_key, req.request_id, ttl),
+                                       op="claim_drift", what="drift claim", metrics=self.rt.metrics,
+                                       max_backoff_s=self.max_backoff_s)
+            if first:
+                kept.append(req)
+                log.warning("drift: %s on %s %s (%s %.4f vs %.4f); retrain requested (%s)", req.monitor, req.model,
+                            req.model_version, req.signal, req.statistic, req.threshold, req.dedupe_key)
+            else:
+                self.rt.metrics.retrain_deduplicated.labels(req.model).inc()
+        return kept
+
+    def request_records(self, requests: list[RetrainRequest]) -> list[OutRecord]:
         rt = self.rt
-        m = rt.metrics
+        out = []
+        for req in requests:
+            rt.metrics.retrain_requests.labels(req.model, req.monitor).inc()
+            out.append(OutRecord(rt.settings.topic_retrain, req.model.encode(),
+                                 rt.codec.encode("retrain_request", req.to_record())))
+        return out
+
+    def export_monitors(self) -> None:
+        m = self.rt.metrics
+        for mon in self.rt.monitors.monitors:
+            m.drift_statistic.labels(mon.spec.name, mon.spec.signal).set(mon.statistic)
+            m.drift_state.labels(mon.spec.name).set(STATES[mon.state])
+
+    async def watch_served(self) -> LearnedBatch:
+        """Feed the scores and vectors served since the last call to the label-free monitors (off the
+        scoring path: the worker calls this twice a second); the requests they raise."""
+        rt = self.rt
+        rt.watch_active()
+        group = rt.monitors
+        requests: list[RetrainRequest] = []
+        while rt.served_samples:
+            version, scores, X, times = rt.served_samples.popleft()
+            if version != group.version:
+                continue  # served by the previous model
+            signals = [sig for sig in ("score", "features") if sig in group.signals]
+            for i in range(len(scores)):
+                t = int(times[i])
+                for signal in signals:
+                    req = group.observe(signal, float(scores[i]) if signal == "score" else X[i], t, self.offsets)
+                    if req is not None:
+                        requests.append(req)
+        requests = await self.claim_requests(requests)
+        self.export_monitors()
+        return LearnedBatch(self.request_records(requests), 0, 0, 0, requests)
+
+    def _learn(self, lab: dict[str, Any], sv: ServedVector) -> RetrainRequest | None:
+        """Learn from one joined label, evaluate the scorers, update the error monitors; a retrain request."""
+        rt = self.rt
         y = int(lab["label"])
         x = dict(zip(self.names, sv.x, strict=True))
-        learner_p = float(rt.learner.predict_proba_one(x).get(True, 0.0))
-        rt.learner.learn_one(x, bool(y))
+        learner_p = rt.learner.predict(x)  # before learning from it: prequential
+        rt.learner.learn(x, bool(y))
         rt.evaluator.update("model", y, sv.score)
-        rt.evaluator.update("learner", y, learner_p)
+        if learner_p is not None:  # a cold learner abstains: nothing to evaluate
+            rt.evaluator.update("learner", y, learner_p)
         if sv.shadow_score is not None:
             rt.evaluator.update("shadow", y, sv.shadow_score)
-        requests = []
-        for mon in rt.monitors:
-            if mon.model_version != sv.model_version:
-                continue  # scored by an earlier model: learn from it, do not judge the current one
-            value = abs(y - sv.score) if mon.spec.signal == "error" else sv.score
-            before = mon.detections
-            req = mon.update(value, sv.event_time, self.offsets)
-            if mon.detections > before:
-                m.drift_detections.labels(mon.spec.name).inc()
-            m.drift_statistic.labels(mon.spec.name, mon.spec.signal).set(mon.statistic)
-            m.drift_state.labels(mon.spec.name).set(1 if mon.state == "drift" else 0)
-            if req is not None:
-                requests.append(req)
-                log.warning("drift detected by %s (%s): %.4f vs reference %.4f", mon.spec.name,
-                            mon.spec.signal, req["statistic"], req["threshold"])
-        return requests
+        if sv.model_version != rt.monitors.version:
+            return None  # scored by an earlier model: learn from it, do not judge the current one
+        before = [mon.detections for mon in rt.monitors.monitors]
+        req = rt.monitors.observe("error", abs(y - sv.score), sv.event_time, self.offsets)
+        for mon, n in zip(rt.monitors.monitors, before, strict=True):
+            if mon.detections > n:
+                rt.metrics.drift_detections.labels(mon.spec.name).inc()
+        return req

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from streaming.drift.monitor import DriftMonitor
 from streaming.events.codec import Codec
 from streaming.events.schemas import SchemaRegistry
 from streaming.events.topics import ensure_topics
@@ -17,9 +17,11 @@ from streaming.inference.manager import ModelManager
 from streaming.inference.registry import ModelRegistry
 from streaming.inference.session import OnnxModel
 from streaming.infra.stack import check_broker, check_redis, resolve_endpoints
-from streaming.learning.evaluator import OnlineEvaluator
-from streaming.learning.learners import build_learner
 from streaming.observability.metrics import Metrics
+from streaming.online.detectors import ReferenceSnapshot
+from streaming.online.evaluator import OnlineEvaluator
+from streaming.online.learners import OnlineLearner
+from streaming.online.monitor import MonitorGroup
 from streaming.pipeline.loader import load_pipeline
 from streaming.pipeline.spec import Pipeline
 from streaming.settings import Settings
@@ -35,6 +37,24 @@ def load_components(settings: Settings) -> tuple[SchemaRegistry, Codec, Pipeline
     return registry, Codec(registry), pipeline
 
 
+def monitor_group(pipeline: Pipeline, version: str, registry: ModelRegistry | None,
+                  names: list[str]) -> MonitorGroup:
+    """The pipeline's monitors for ``version``, with its reference snapshot when the registry has one."""
+    reference = None
+    if registry is not None:
+        try:
+            path = registry.get(version).reference_path
+            reference = ReferenceSnapshot.load(path) if path.exists() else None
+        except Exception as exc:  # an unreadable snapshot: those monitors are skipped, the others run
+            log.error("reference snapshot of %s %s unreadable (%s: %s)", pipeline.name, version,
+                      type(exc).__name__, exc)
+    group = MonitorGroup(pipeline.monitors, pipeline.drift, pipeline.name, version, reference=reference, names=names)
+    if group.skipped:
+        log.warning("monitors %s not running: model %s %s has no reference snapshot (reference.json); "
+                    "`streaming train` writes one", ", ".join(group.skipped), pipeline.name, version)
+    return group
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -45,11 +65,27 @@ class Runtime:
     store: FeatureStore
     models: ModelManager
     vectors: VectorBuilder
-    learner: Any
+    learner: OnlineLearner
     evaluator: OnlineEvaluator
-    monitors: list[DriftMonitor]
+    monitors: MonitorGroup
     metrics: Metrics
+    registry: ModelRegistry | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: (model version, scores, vectors, event times) of the batches served, for the label-free monitors,
+    #: which run off the scoring path; bounded: when they fall behind, the oldest samples are dropped
+    served_samples: deque[tuple[str, Any, Any, Any]] = field(default_factory=lambda: deque(maxlen=256))
+
+    def watch_active(self) -> None:
+        """Monitors for the active model version (new ones, from scratch, when it changed)."""
+        active = self.models.active.tag
+        if self.monitors.version != active:
+            self.monitors = monitor_group(self.pipeline, active, self.registry, self.vectors.names)
+            self.served_samples.clear()
+
+    @property
+    def watches_served(self) -> bool:
+        """Some monitor watches the scores or vectors served (not only the labelled error)."""
+        return bool(self.monitors.signals & {"score", "features"})
 
     @classmethod
     def build(cls, settings: Settings, *, create_topics: bool = True) -> Runtime:
@@ -67,8 +103,9 @@ class Runtime:
                     metrics.model_info.labels(new.name, new.tag, new.provider).set(1)
             metrics.model_changes.labels(role).inc()
 
+        registry = ModelRegistry(settings.path(settings.models_dir), pipeline.name)
         manager = ModelManager(
-            ModelRegistry(settings.path(settings.models_dir), pipeline.name),
+            registry,
             pipeline.model.inputs,
             provider=settings.onnx_provider,
             threads=settings.onnx_threads,
@@ -84,8 +121,9 @@ class Runtime:
             prefix=settings.redis_prefix or None,
         )
         metrics.model_info.labels(model.name, model.tag, model.provider).set(1)
-        monitors = [DriftMonitor(spec, pipeline.name, model.tag) for spec in pipeline.monitors]
-        for m in monitors:
+        vectors = VectorBuilder(pipeline)
+        monitors = monitor_group(pipeline, model.tag, registry, vectors.names)
+        for m in monitors.monitors:
             metrics.drift_state.labels(m.spec.name).set(0)
         log.info("serving %s %s on %s; broker %s; redis %s", model.name, model.tag, model.provider, bootstrap, redis_url)
         return cls(
@@ -96,8 +134,9 @@ class Runtime:
             codec=codec,
             store=store,
             models=manager,
-            vectors=VectorBuilder(pipeline),
-            learner=build_learner(pipeline.learner),
+            vectors=vectors,
+            registry=registry,
+            learner=OnlineLearner.from_spec(pipeline.learner),
             evaluator=OnlineEvaluator(),
             monitors=monitors,
             metrics=metrics,

@@ -74,12 +74,6 @@ class ScoredBatch:
     service_s: float = 0.0
 
 
-def dead_letter(rec: InRecord, stage: str, exc: BaseException) -> DeadLetter:
-    return DeadLetter(
-        rec.key, rec.value, rec.topic, rec.partition, rec.offset, rec.timestamp_ms, stage, type(exc).__name__, str(exc)
-    )
-
-
 class ScoreProcessor:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -105,7 +99,7 @@ class ScoreProcessor:
                                         and f.equals is None})
 
     def _dlq(self, rec: InRecord, stage: str, exc: BaseException) -> OutRecord:
-        dl = dead_letter(rec, stage, exc)
+        dl = DeadLetter.of(rec, stage, exc)
         self.rt.metrics.deadletters.labels(stage).inc()
         self.rt.metrics.events.labels("deadletter").inc()
         key, value, headers = dl.parts(self.rt.pipeline.limits.dead_letter_bytes)
@@ -177,11 +171,13 @@ class ScoreProcessor:
         if bad.any():
             for i in np.flatnonzero(bad):
                 reasons[i] = reasons[i] or "nan_score"
-                scores[i] = self._fallback_score(X[i])
-                self.rt.metrics.fallback.labels(reasons[i]).inc()
+                fb = self._fallback_score(X[i])
+                scores[i] = np.nan if fb is None else fb  # NaN: the learner abstains, the row's dead letter
+                self.rt.metrics.fallback.labels(reasons[i] if fb is not None else "abstained").inc()
         return scores, reasons
 
-    def _fallback_score(self, row: np.ndarray) -> float:
+    def _fallback_score(self, row: np.ndarray) -> float | None:
+        """The rule's score, or the online learner's (None while it is cold: it abstains)."""
         fb = self.rt.pipeline.model.fallback
         if fb.kind == "rule" and fb.feature is not None:
             return 1.0 if float(row[self.names.index(fb.feature)]) > fb.above else 0.0
@@ -202,9 +198,8 @@ class ScoreProcessor:
             m.shadow_disagreements.inc(disagree)
         return out
 
-    def _learner_score(self, row: np.ndarray) -> float:
-        proba = self.rt.learner.predict_proba_one(dict(zip(self.names, row.tolist(), strict=True)))
-        return float(proba.get(True, 0.0))
+    def _learner_score(self, row: np.ndarray) -> float | None:
+        return self.rt.learner.predict(dict(zip(self.names, row.tolist(), strict=True)))
 
     async def prepare(self, records: Sequence[InRecord], tokens: Sequence[Any] | None = None) -> Prepared:
         """Decode a consumer batch and read its window features (one store round trip).
@@ -331,13 +326,21 @@ class ScoreProcessor:
         spec = rt.pipeline.event
         tag = model.tag
         served: list[ServedVector] = []
+        served_rows: list[int] = []
         produced: list[int] = []
         duplicates = late = 0
         challenger = rt.settings.challenger
         any_degraded = False
+        abstained = 0
         for i, r in enumerate(rows):
             rec, ev, w = r.rec, r.ev, r.window
             score = float(scores[i])
+            if not np.isfinite(score):  # the model failed and the learner abstains: no score to publish
+                abstained += 1
+                out.append(self._dlq(rec, "inference", RuntimeError(
+                    f"the model failed ({reasons[i]}) and the online learner abstains ({rt.learner.seen} of "
+                    f"{rt.learner.warmup} labels learned); replay it once the model serves (streaming dlq replay)")))
+                continue
             flags = []
             if r.degraded:
                 flags.append("default_features")
@@ -369,6 +372,7 @@ class ScoreProcessor:
             }
             out.append(OutRecord(self.topic_predictions, rec.key, rt.codec.encode("prediction", pred)))
             if not r.degraded:
+                served_rows.append(i)
                 served.append(ServedVector(
                     eid, X[i].tolist(), tag, score, int(ev[spec.time_field]), self.spec_version,
                     None if shadow is None else shadow.tag,
@@ -383,12 +387,15 @@ class ScoreProcessor:
             task.add_done_callback(self._log_tasks.discard)
             if wait_log or len(self._log_tasks) > self.max_log_tasks:
                 await task
-        m.events.labels("scored").inc(len(rows))
+        if rt.watches_served and served:  # the label-free monitors, off this path (LabelProcessor.watch_served)
+            rt.served_samples.append((tag, np.array([v.score for v in served]), X[served_rows],
+                                      np.array([v.event_time for v in served], dtype=np.int64)))
+        m.events.labels("scored").inc(len(rows) - abstained)
         if duplicates:
             m.events.labels("duplicate").inc(duplicates)
         if late:
             m.events.labels("late").inc(late)
-        return ScoredBatch(out, produced, len(rows), 0, duplicates,
+        return ScoredBatch(out, produced, len(rows) - abstained, abstained, duplicates,
                            service_s=self.run_s + (time.perf_counter() - t_build))
 
     async def process(self, records: Sequence[InRecord]) -> ScoredBatch:
@@ -398,4 +405,5 @@ class ScoreProcessor:
         if not prepared.rows:
             return ScoredBatch(dead, [], 0, len(dead), 0)
         batch = await self.score(prepared.rows)
-        return ScoredBatch(dead + batch.out, batch.produced_ms, batch.scored, len(dead), batch.duplicates)
+        return ScoredBatch(dead + batch.out, batch.produced_ms, batch.scored, len(dead) + batch.deadletters,
+                           batch.duplicates)

@@ -23,7 +23,8 @@ def test_the_fraud_pipeline_declares_everything(fraud_pipeline: Pipeline) -> Non
     w = p.feature("card_amount_mean_1h")
     assert isinstance(w, WindowFeature) and (w.window_s, w.bucket_s, w.n_buckets, w.agg) == (3600, 300, 12, "mean")
     assert p.learner.kind == "logistic_regression"
-    assert [m.detector for m in p.monitors] == ["adwin", "page_hinkley"]
+    assert [(m.detector, m.signal) for m in p.monitors] == [("adwin", "error"), ("psi", "score"), ("ks", "features")]
+    assert p.drift.require == 1 and p.retrain.min_rows == 2000 and p.learner.warmup == 200
     b = p.batching
     assert (b.policy, b.max_rows, b.budget_ms, b.max_wait_ms, b.queue_rows, b.buckets) == \
         ("adaptive", 256, 10.0, 5.0, 512, None)

@@ -35,15 +35,40 @@ def build(servers: Servers, models_dir: Path, pipeline: Path) -> Runtime:
     return Runtime.build(settings_from(worker_env(servers, models_dir, pipeline=pipeline)))
 
 
+def warm(rt: Runtime) -> None:
+    """Teach the online learner its warmup's worth of labels (random vectors)."""
+    rng = np.random.default_rng(3)
+    for _ in range(rt.learner.warmup):
+        rt.learner.learn(dict(zip(rt.vectors.names, rng.random(len(rt.vectors.names)).tolist(), strict=True)),
+                         bool(rng.random() < 0.3))
+    assert rt.learner.ready
+
+
 async def test_nan_rows_fall_back_to_the_learner(servers: Servers, models_dir: Path) -> None:
     rt = build(servers, models_dir, ROOT / "models" / "fraud" / "pipeline.toml")
     rt.models.active = BrokenModel(rt.models.active, fail=False)  # type: ignore[assignment]
+    warm(rt)
     batch = await ScoreProcessor(rt).process(records(rt.codec, 6))
     preds = [rt.codec.decode("prediction", r.value) for r in batch.out]
     assert [p["fallback"] for p in preds] == [None, "nan_score"] * 3
     for p in preds[1::2]:
         assert p["score"] == pytest.approx(p["challenger_score"])  # the learner's score
     assert rt.metrics.fallback.labels("nan_score")._value.get() == 3
+    await rt.store.close()
+
+
+async def test_a_cold_learner_abstains_and_the_rows_become_dead_letters(servers: Servers, models_dir: Path) -> None:
+    rt = build(servers, models_dir, ROOT / "models" / "fraud" / "pipeline.toml")
+    rt.models.active = BrokenModel(rt.models.active, fail=False)  # type: ignore[assignment]
+    assert not rt.learner.ready and rt.learner.warmup > 0
+    batch = await ScoreProcessor(rt).process(records(rt.codec, 6))
+    preds = [rt.codec.decode("prediction", r.value) for r in batch.out if r.topic == rt.settings.topic_predictions]
+    dead = [r for r in batch.out if r.topic == rt.settings.topic_dlq]
+    assert len(preds) == 3 and all(p["fallback"] is None and p["challenger_score"] is None for p in preds)
+    assert len(dead) == 3 and batch.scored == 3 and batch.deadletters == 3
+    headers = dict(dead[0].headers or [])
+    assert headers["dlq.stage"] == b"inference" and b"abstains" in headers["dlq.reason"]
+    assert rt.metrics.fallback.labels("abstained")._value.get() == 3
     await rt.store.close()
 
 
