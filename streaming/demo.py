@@ -191,7 +191,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         producers += [events, labels]
         for bad in BAD_RECORDS:
             events.send_raw(bad, key=b"bad")
-        now = time.time_ns() // 1000
+        now = play_start_us = time.time_ns() // 1000
         drift_at = now + int(duration / 3 * 1e6)
         gen = generator_for(pipeline, rate=rate, seed=seed, start_us=now, drift_at_us=drift_at, id_prefix=id_prefix)
         player = Player(gen, events, labels, id_field=pipeline.event.id_field, time_field=pipeline.event.time_field,
@@ -255,7 +255,8 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
             "generator_linger_ms": linger_ms,
             "model_version": active.version,
             "cpu_share": cpu_share,
-            "loop": loop.summary(bootstrap, settings.topic_retrain, codec, started_ms, drift_at, got.versions),
+            "loop": loop.summary(bootstrap, settings.topic_retrain, codec, started_ms, play_start_us, drift_at,
+                                 got.versions),
         }
         ok = complete and not missing and summary["dead_letters"] == len(BAD_RECORDS)
         summary["ok"] = ok
@@ -337,11 +338,11 @@ class _Loop:
             return f", {self.new_versions()[-1].version} in shadow"
         return ", retrain requested" if self.requests else ""
 
-    def summary(self, bootstrap: str, topic: str, codec: Any, started_ms: int, drift_at_us: int,
+    def summary(self, bootstrap: str, topic: str, codec: Any, started_ms: int, start_us: int, drift_at_us: int,
                 served: dict[str, int]) -> dict[str, Any]:
-        """The sequence: drift switch, request(s), the version trained, its evaluation, promotion, serving."""
+        """The sequence: drift switch, request(s), the version trained, its evaluation, promotion, serving (times
+        in seconds since the first event was published)."""
         reqs = _read_requests(bootstrap, topic, codec, started_ms)
-        start_us = started_ms * 1000
         out: dict[str, Any] = {
             "drift_switch_s": round((drift_at_us - start_us) / 1e6, 1),
             "requests": len(reqs),
@@ -360,7 +361,7 @@ class _Loop:
             created = v.path.joinpath("metadata.json").stat().st_mtime
             out["new_version"] = {
                 "version": v.version,
-                "trained_at_s": round(created - started_ms / 1000, 1),
+                "trained_at_s": round(created - start_us / 1e6, 1),
                 "rows": v.metadata.get("training_data", {}).get("rows"),
                 "candidate_rocauc": ev.get("candidate", {}).get("roc_auc"),
                 "active_rocauc": ev.get("active", {}).get("roc_auc"),

@@ -16,12 +16,14 @@ from tests.conftest import Servers
 pytestmark = pytest.mark.integration
 
 
-def test_short_demo(servers: Servers, models_dir: Path, tmp_path: Path) -> None:
+def test_short_demo_closes_the_loop(servers: Servers, models_dir: Path, tmp_path: Path) -> None:
+    """The main job, shortened: every event scored once, and the retrain loop closed within the run: the
+    fraud pattern switches, one retrain request, the retrain job's new version promoted and served."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMING_")}
     env.update({"STREAMING_RUN_DIR": str(tmp_path), "STREAMING_MODELS_DIR": str(models_dir),
                 "STREAMING_REDIS_URL": servers.redis_url})
-    done = subprocess.run([sys.executable, "-m", "streaming", "demo", "--duration", "12", "--rate", "300",
-                           "--label-delay", "1"], capture_output=True, text=True, env=env, timeout=240,
+    done = subprocess.run([sys.executable, "-m", "streaming", "demo", "--duration", "40", "--rate", "400",
+                           "--label-delay", "1"], capture_output=True, text=True, env=env, timeout=400,
                           cwd=project_root())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "demo-summary.json").read_text())
@@ -30,6 +32,15 @@ def test_short_demo(servers: Servers, models_dir: Path, tmp_path: Path) -> None:
     assert summary["dead_letters"] == summary["malformed_records_sent"] == 4
     assert summary["labels_joined"] == summary["labels_published"] == summary["events_produced"]
     assert "=== streaming demo summary ===" in done.stdout
+    loop = summary["loop"]
+    assert loop["requests"] == 1, loop  # one drift, one request
+    assert loop["first_request"]["at_s"] > loop["drift_switch_s"], loop  # not a false alarm before the switch
+    new = loop["new_version"]
+    assert new is not None and new["version"] == "v2" and new["promoted"], loop
+    assert new["candidate_rocauc"] > new["active_rocauc"], loop
+    assert new["served"] > 0 and sum(loop["served_by_version"].values()) == summary["events_produced"], loop
+    assert "v2 promoted; it served" in done.stdout
+    assert sorted(p.name for p in (models_dir / "fraud").iterdir() if p.is_dir()) == ["v1"]  # its own registry
     assert (tmp_path / "demo-summary.txt").exists()
     assert not (tmp_path / "stack.json").exists()  # the demo stopped the broker it started
 
