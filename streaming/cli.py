@@ -463,6 +463,24 @@ def bench() -> None:
     """Benchmarks; each runs its baseline in the same run. With --json the last line is one JSON object."""
 
 
+@bench.command("learners")
+@click.option("--quick", is_flag=True, help="Fewer labels (a smoke run).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_friendly
+def bench_learners(quick: bool, as_json: bool) -> None:
+    """CPU per label of every online learner kind against the score step's CPU per event, same run."""
+    from streaming.bench.learners import run_learners_bench
+    from streaming.inference.registry import ModelRegistry
+    from streaming.worker.runtime import load_components
+
+    s = _settings()
+    _, codec, pipeline = load_components(s)
+    result = run_learners_bench(pipeline, ModelRegistry(s.path(s.models_dir), pipeline.name), codec, quick=quick,
+                                progress=lambda m: click.echo(f"bench: {m}", err=True))
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+
+
 @bench.command("features")
 @click.option("--quick", is_flag=True, help="Fewer events (a smoke run).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")

@@ -70,7 +70,7 @@ class ServedVector:
                      None if d.get("h") is None else float(d["h"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"unreadable feature-log entry for {event_id!r}: {type(exc).__name__}: {exc}") from None
-        if not all(math.isfinite(v) for v in sv.x) or not math.isfinite(sv.score):
+        if not math.isfinite(sum(sv.x) + sv.score):  # NaN or an infinity anywhere makes the sum non-finite
             raise ValueError(f"feature-log entry for {event_id!r} holds a non-finite number")
         return sv
 

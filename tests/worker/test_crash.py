@@ -68,7 +68,8 @@ async def test_kill_mid_stream_loses_nothing_and_counts_once(servers: Servers, m
     ref = ReferenceStore(fraud_pipeline)
     ref.update_and_read(events)
     want = ref.update_and_read(probes)
-    store = RedisFeatureStore(aioredis.Redis.from_url(servers.redis_url), fraud_pipeline)
+    store = RedisFeatureStore(aioredis.Redis.from_url(servers.redis_url), fraud_pipeline,
+                              prefix=env["STREAMING_REDIS_PREFIX"])  # the worker's namespace
     got = await store.update_and_read(probes)
     await store.close()
     card_cols = [i for i, f in enumerate(fraud_pipeline.window_features) if f.entity == ("card_id",)]
