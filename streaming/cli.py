@@ -463,6 +463,19 @@ def bench() -> None:
     """Benchmarks; each runs its baseline in the same run. With --json the last line is one JSON object."""
 
 
+@bench.command("drift")
+@click.option("--quick", is_flag=True, help="One seed instead of three.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@_friendly
+def bench_drift(quick: bool, as_json: bool) -> None:
+    """River's SEA concept drift through the real broker, Redis and worker: detection delay, requests per
+    drift, false alarms, labels joined, the learner's accuracy against River's own, two baseline detectors."""
+    from streaming.bench.drift import run_drift_bench
+
+    result = run_drift_bench(_settings(), quick=quick, progress=lambda m: click.echo(f"bench: {m}", err=True))
+    _emit(result, as_json)
+
+
 @bench.command("learners")
 @click.option("--quick", is_flag=True, help="Fewer labels (a smoke run).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")

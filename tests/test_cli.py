@@ -129,3 +129,10 @@ def test_bench_pipeline_refuses_bad_cost_rates() -> None:
 
     done = CliRunner().invoke(cli, ["bench", "pipeline", "--cost-rates", "400,lots"])
     assert done.exit_code == 2 and "error: bad --cost-rates '400,lots'" in done.output, done.output
+
+
+def test_retrain_once_on_an_empty_topic(servers: Servers, models_dir: Path) -> None:
+    env = worker_env(servers, models_dir)
+    done = run("retrain", "--once", "--json", env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"outcomes": []}

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -59,7 +59,10 @@ from streaming.synthetic.fraud import Labelled
 from streaming.synthetic.registry import generator_for
 from streaming.synthetic.sea import SEAGenerator
 
-__all__ = ["FULL", "QUICK", "DriftPlan", "calibrate_sea", "load_sea", "run_drift_bench"]
+if TYPE_CHECKING:
+    from streaming.inference.session import OnnxModel
+
+__all__ = ["FULL", "NOTES", "QUICK", "DriftPlan", "calibrate_sea", "load_sea", "run_drift_bench"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,17 @@ class DriftPlan:
 
 FULL = DriftPlan()
 QUICK = DriftPlan(seeds=(1,))
+
+#: how to read the result (carried in it)
+NOTES = (
+    "delay: River's 1-based sample count of the event whose event_time is the request's window_end, minus the drift "
+    "position; a request before position - width is a false alarm",
+    "accuracy: River's progressive_val_score decides a tie (p = 0.5, the untrained learner's first score) False, the "
+    "worker's evaluator True (score >= 0.5): up to one label apart, 0.01 points at 10,000 labels",
+    "order: the worker learns labels in join order; a label that arrives before its event's vector is logged waits "
+    "(labels_waiting_max) and is learned later, so with lag 0 the learner and the monitor see a slightly different "
+    "order than the stream's (offline replays and River's score use the stream's order)",
+)
 
 
 def load_sea(schemas_dir: Path) -> tuple[Pipeline, Codec]:
@@ -95,7 +109,7 @@ def _stream(pipeline: Pipeline, plan: DriftPlan, seed: int, position: int | None
     return make
 
 
-def _row(pipeline: Pipeline, model: Any, plan: DriftPlan, seed: int, lag: int, position: int | None,
+def _row(pipeline: Pipeline, model: OnnxModel, plan: DriftPlan, seed: int, lag: int, position: int | None,
          got: dict[str, Any]) -> dict[str, Any]:
     """A run's row: ours through the pipeline, River's accuracy, and the replayed baselines."""
     items: list[Labelled] = got["items"]
@@ -120,6 +134,7 @@ def _row(pipeline: Pipeline, model: Any, plan: DriftPlan, seed: int, lag: int, p
         "monitors": sorted({str(r["monitor"]) for r in got["requests"]}),
         "requests_counted_by_worker": got["requests_counted"],
         "drift_detections": got["drift_detections"],
+        "labels_waiting_max": got["labels_waiting_max"],
         "labels_published": got["labels_published"], "labels_joined": got["labels_joined"],
         "labels_joined_share": round(got["labels_joined"] / got["labels_published"], 5),
         "label_outcomes": got["label_outcomes"],
@@ -140,8 +155,8 @@ def _line(row: dict[str, Any]) -> str:
     kind = "stationary" if row["stationary"] else f"drift at {row['drift_position']:,}"
     return (f"seed {row['seed']} lag {row['lag']} ({kind}): {row['requests']} request(s) at {row['at']}, delay "
             f"{row['delay']}, false alarms {row['false_alarms']}; labels joined {row['labels_joined']:,}/"
-            f"{row['labels_published']:,}; learner accuracy {row['learner_accuracy']:.4f} vs River's "
-            f"{row['river_accuracy']:.4f}; baselines: always {row['baselines']['always_fire']['at']}, "
+            f"{row['labels_published']:,} (at most {row['labels_waiting_max']} waiting); learner accuracy "
+            f"{row['learner_accuracy']:.4f} vs River's {row['river_accuracy']:.4f}; baselines: always {row['baselines']['always_fire']['at']}, "
             f"offline {row['baselines']['offline']['at']} ({row['wall_s']:.0f} s)")
 
 
@@ -198,6 +213,7 @@ def run_drift_bench(settings: Settings, *, quick: bool, progress: Callable[[str]
                    "drift": asdict(pipeline.drift)},
         "model": {"version": mv.version, "roc_auc": round(float(mv.metadata["metrics"]["roc_auc"]), 4),
                   "sha256": mv.metadata["sha256"]},
+        "notes": NOTES,
         "runs": rows,
         "aggregate": {
             "ours": {**summarise(rows),

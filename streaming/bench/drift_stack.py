@@ -9,7 +9,9 @@ and its label either right after it (``lag`` 0) or ``lag`` events later (sent be
 places on; after the last event the pace goes on until every label is out). The run then waits until the
 worker has accounted for every label (``streaming_labels_total``, every outcome), reads the retrain
 requests from the run's retrain topic (as many as the worker counted, ``streaming_retrain_requests_total``)
-and scrapes the learner's prequential accuracy (``streaming_online_metric``) from the worker's /metrics.
+and scrapes the learner's prequential accuracy (``streaming_online_metric``) from the worker's /metrics. While
+it plays, the worker's ``streaming_labels_waiting`` is sampled four times a second: a label that arrives before
+its event's vector is logged waits and is learned later, out of stream order (``labels_waiting_max``).
 """
 
 from __future__ import annotations
@@ -116,8 +118,10 @@ def _warm_up(ctx: StackRun, events: EventProducer, predictions: str, worker: Wor
 
 
 def _play(items: list[Labelled], events: EventProducer, labels: EventProducer, *, lag: int, rate: float,
-          id_field: str, worker: WorkerProcess) -> float:
-    """Publish ``items`` at their event times and each label ``lag`` events later; the worst lag behind schedule (s)."""
+          id_field: str, worker: WorkerProcess, tick: Callable[[], None]) -> float:
+    """Publish ``items`` at their event times and each label ``lag`` events later; the worst lag behind schedule (s).
+
+    ``tick`` is called every quarter of a second of the schedule (and checks that the worker lives)."""
     start_s = int(items[0].event["event_time"]) / 1e6
     behind = 0.0
     for i in range(len(items) + lag):
@@ -133,8 +137,10 @@ def _play(items: list[Labelled], events: EventProducer, labels: EventProducer, *
         if 0 <= j < len(items):
             labels.send({"event_id": str(items[j].event[id_field]), "label": int(items[j].label),
                          "label_time": time.time_ns() // 1000}, key=str(items[j].event[id_field]))
-        if i % 500 == 0 and not worker.alive:
-            raise RuntimeError(f"the worker died during the run: {worker.tail(5)}")
+        if i % max(1, round(rate / 4)) == 0:
+            if not worker.alive:
+                raise RuntimeError(f"the worker died during the run: {worker.tail(5)}")
+            tick()
     events.flush()
     labels.flush()
     return behind
@@ -202,7 +208,13 @@ def run_through_stack(ctx: StackRun, make_stream: Callable[[int, str], list[Labe
         _warm_up(ctx, events, names["predictions"], worker, tag)
         started = time.monotonic()
         items = make_stream(time.time_ns() // 1000 + int(LEAD_S * 1e6), f"d{tag}-")
-        behind = _play(items, events, labels, lag=lag, rate=rate, id_field=spec.id_field, worker=worker)
+        waiting = [0.0]
+
+        def tick() -> None:  # how many labels wait for their vector: they are learned later, out of stream order
+            with contextlib.suppress(OSError):
+                waiting.append(_total(scrape(url), "streaming_labels_waiting"))
+
+        behind = _play(items, events, labels, lag=lag, rate=rate, id_field=spec.id_field, worker=worker, tick=tick)
         played = time.monotonic()
         samples = _accounted(url, len(items), ctx.pipeline.learner.label_wait_s + ACCOUNT_S, worker)
         requested = int(_total(samples, "streaming_retrain_requests_total"))
@@ -221,6 +233,7 @@ def run_through_stack(ctx: StackRun, make_stream: Callable[[int, str], list[Labe
             "requests_counted": requested,
             "learner_labels": int(_total(samples, "streaming_learner_labels")),
             "drift_detections": int(_total(samples, "streaming_drift_detections_total")),
+            "labels_waiting_max": int(max(waiting)),
             **metric,
             "behind_schedule_max_s": round(behind, 3),
             "play_s": round(played - started, 1),

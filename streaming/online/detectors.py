@@ -610,6 +610,11 @@ class WindowDetector:
         return self._statistic
 
     @property
+    def remaining(self) -> int:
+        """Samples until the current window is full and tested."""
+        return self.window - self._n
+
+    @property
     def threshold(self) -> float:
         return self._threshold
 
@@ -752,6 +757,11 @@ class FeatureDrift:
     def update(self, value: Sequence[float] | np.ndarray) -> Level:
         """The protocol's update: here one sample is one served vector."""
         return self.update_row(value)
+
+    @property
+    def remaining(self) -> int:
+        """Vectors until the current window is full and tested."""
+        return self.window - self._n
 
     def window_tests(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """KS distances and Bonferroni-corrected p-values of one window (rows x features) against the reference."""

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from streaming.online.detectors import Detector, FeatureDrift, Level, ReferenceSnapshot, build_detector
 from streaming.online.request import RetrainRequest
 from streaming.pipeline.spec import DriftSpec, MonitorSpec
@@ -105,16 +107,45 @@ class Monitor:
             level = self.detector.update_row(row if self._cols is None else [row[i] for i in self._cols])
         else:
             level = self.detector.update(float(value))  # type: ignore[arg-type]
-        self.last_level = level
         if not self._windowed:
             v = float(value)  # type: ignore[arg-type]
             self._recent.append(v)
             if self.state == "ok":
                 self._ok_sum += v
                 self._ok_n += 1
-        self._ok_run = self._ok_run + 1 if level == Level.OK else 0
+        return self._step(level, event_time_us, 1)
+
+    def update_batch(self, values: np.ndarray, event_times: np.ndarray) -> bool:
+        """Feed a batch of samples (rows for feature drift) in event order; True when the monitor entered DRIFT.
+
+        A windowed detector (PSI, KS, features) takes the batch a window at a time through numpy, with the
+        same levels as one sample at a time (its level changes only when a window closes); the others take
+        it sample by sample."""
+        n = len(values)
+        if not self._windowed:
+            fired = False
+            for v, t in zip(np.asarray(values, dtype=np.float64).tolist(), event_times.tolist(), strict=True):
+                fired = self.update(v, int(t)) or fired
+            return fired
+        det: Any = self.detector
+        if self._cols is not None:
+            values = np.asarray(values)[:, self._cols]
+        fired = False
+        i = 0
+        while i < n:
+            take = min(int(det.remaining), n - i)
+            chunk = values[i:i + take]
+            level = det.update_rows(chunk) if isinstance(det, FeatureDrift) else det.update_many(chunk)
+            fired = self._step(level, int(event_times[i + take - 1]), take) or fired
+            i += take
+        return fired
+
+    def _step(self, level: Level, event_time_us: int, n: int) -> bool:
+        """The state machine, after ``n`` samples that left the detector at ``level``."""
+        self.last_level = level
+        self._ok_run = self._ok_run + n if level == Level.OK else 0
         if self.state != "ok":
-            self._episode.samples += 1
+            self._episode.samples += n
         if self.state == "drift":
             assert self.fired_at_us is not None
             cooled = event_time_us - self.fired_at_us >= self.spec.cooldown_s * 1e6
@@ -123,7 +154,7 @@ class Monitor:
             return False
         if level == Level.DRIFT:
             if self.state == "ok":
-                self._episode = _Episode(event_time_us, 1)
+                self._episode = _Episode(event_time_us, n)
             self.state = "drift"
             self.detections += 1
             self.fired_at_us = event_time_us
@@ -137,7 +168,7 @@ class Monitor:
             return True
         if level == Level.WARNING and self.state == "ok":
             self.state = "warning"
-            self._episode = _Episode(event_time_us, 1)
+            self._episode = _Episode(event_time_us, n)
         elif self.state == "warning" and self._ok_run >= self.spec.recover:
             self._to_ok()
         return False
@@ -184,6 +215,13 @@ class MonitorGroup:
             if mon.spec.signal == signal and mon.update(value, event_time_us):
                 fired = True
         return self._decide(event_time_us, offsets) if fired else None
+
+    def observe_batch(self, signal: str, values: np.ndarray, event_times: np.ndarray,
+                      offsets: Mapping[str, int] | None = None) -> RetrainRequest | None:
+        """:meth:`observe` for a batch in event order (scores, or the rows of served vectors)."""
+        fired_at = [mon.fired_at_us for mon in self.monitors
+                    if mon.spec.signal == signal and len(values) and mon.update_batch(values, event_times)]
+        return self._decide(max(t for t in fired_at if t is not None), offsets) if fired_at else None
 
     def _decide(self, now_us: int, offsets: Mapping[str, int] | None) -> RetrainRequest | None:
         within = self.drift.agree_within_s * 1e6

@@ -238,11 +238,9 @@ class LabelProcessor:
             version, scores, X, times = rt.served_samples.popleft()
             if version != group.version:
                 continue  # served by the previous model
-            signals = [sig for sig in ("score", "features") if sig in group.signals]
-            for i in range(len(scores)):
-                t = int(times[i])
-                for signal in signals:
-                    req = group.observe(signal, float(scores[i]) if signal == "score" else X[i], t, self.offsets)
+            for signal, values in (("score", scores), ("features", X)):
+                if signal in group.signals:
+                    req = group.observe_batch(signal, values, times, self.offsets)
                     if req is not None:
                         requests.append(req)
         requests = await self.claim_requests(requests)

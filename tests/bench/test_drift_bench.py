@@ -237,6 +237,7 @@ def test_a_short_run_through_the_worker(servers: Servers, tmp_path: Path) -> Non
     for row in result["runs"]:
         assert row["labels_published"] == 3000 and row["labels_joined"] >= 2997
         assert 0.7 < row["learner_accuracy"] < 0.95 and abs(row["accuracy_gap_points"]) <= 0.5
+        assert row["labels_waiting_max"] >= 0 and row["behind_schedule_max_s"] < 5
     assert all(result["targets"].values()), result["targets"]
     assert set(result["targets"]) == {"delay_le_1000", "one_request_per_drift", "no_false_alarms",
                                       "labels_joined_999", "accuracy_within_05"}

@@ -109,3 +109,37 @@ def test_label_free_monitors_without_a_reference_are_skipped() -> None:
     group = MonitorGroup(specs, DriftSpec(), "fraud", "v1", reference=None)
     assert [m.spec.name for m in group.monitors] == ["err"] and group.skipped == ["psi", "feat"]
     assert group.signals == {"error"}
+
+
+def test_a_batch_gives_the_states_and_requests_of_one_sample_at_a_time() -> None:
+    import numpy as np
+
+    from streaming.online.detectors import ReferenceSnapshot
+
+    rng = np.random.default_rng(8)
+    names = ["a", "b"]
+    reference = ReferenceSnapshot.from_arrays(rng.normal(size=(5000, 2)), rng.beta(0.5, 5, 5000), names)
+    specs = [MonitorSpec("psi", "psi", "score", {"window": 500, "threshold": 0.1}, cooldown_s=1, recover=600),
+             MonitorSpec("feat", "ks", "features", {"window": 400, "alpha": 0.01, "features": ["b"]}, cooldown_s=1,
+                         recover=500)]
+    n = 6000
+    scores = np.concatenate([rng.beta(0.5, 5, n // 2), rng.beta(2, 2, n // 2)])
+    X = rng.normal(size=(n, 2))
+    X[n // 3:, 1] += 1.0  # the feature moves first, then the score
+    times = np.arange(n, dtype=np.int64) * 10_000
+    one = MonitorGroup(specs, DriftSpec(cooldown_s=0), "m", "v1", reference=reference, names=names)
+    batch = MonitorGroup(specs, DriftSpec(cooldown_s=0), "m", "v1", reference=reference, names=names)
+    reqs_one, reqs_batch = [], []
+    for i in range(n):
+        for signal, value in (("score", float(scores[i])), ("features", X[i])):
+            r = one.observe(signal, value, int(times[i]))
+            if r is not None:
+                reqs_one.append((r.monitor, r.window_end))
+    for i in range(0, n, 256):
+        for signal, values in (("score", scores[i:i + 256]), ("features", X[i:i + 256])):
+            r = batch.observe_batch(signal, values, times[i:i + 256])
+            if r is not None:
+                reqs_batch.append((r.monitor, r.window_end))
+    assert reqs_one == reqs_batch and len(reqs_one) >= 2
+    assert [m.state for m in one.monitors] == [m.state for m in batch.monitors]
+    assert [m.fired_at_us for m in one.monitors] == [m.fired_at_us for m in batch.monitors]
