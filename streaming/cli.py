@@ -327,17 +327,26 @@ def train(seed: int | None) -> None:
 @cli.command()
 @click.option("--once", is_flag=True, help="Act on the requests on the topic now, then exit.")
 @click.option("--timeout", "timeout_s", type=float, default=None, metavar="S", help="Stop after S seconds.")
+@click.option("--nice", type=click.IntRange(0, 19), default=19, show_default=True,
+              help="Scheduling niceness: training yields the CPU to the workers on a shared machine.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Threads for training (BLAS/OpenMP).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @_friendly
-def retrain(once: bool, timeout_s: float | None, as_json: bool) -> None:
+def retrain(once: bool, timeout_s: float | None, nice: int, threads: int, as_json: bool) -> None:
     """Act on retrain requests: train on the feature log's labelled rows, shadow the new version, promote it
     when it wins by the pipeline's margin ([retrain])."""
     import asyncio
+    import os
+
+    from threadpoolctl import threadpool_limits
 
     from streaming.online.retrain import run_retrain
 
-    outcomes = asyncio.run(run_retrain(_settings(), once=once, timeout_s=timeout_s,
-                                       progress=lambda m: click.echo(f"retrain: {m}", err=True)))
+    os.nice(nice)  # batch work: on a machine it shares with a worker, the worker's latency comes first
+    with threadpool_limits(limits=threads):
+        outcomes = asyncio.run(run_retrain(_settings(), once=once, timeout_s=timeout_s,
+                                           progress=lambda m: click.echo(f"retrain: {m}", err=True)))
     for o in outcomes:
         click.echo(o.line(), err=as_json)
     if as_json:
@@ -727,14 +736,18 @@ def chaos(quick: bool, events: int | None, rate: float | None, kills: int | None
               help="The event generator's producer linger (the labels' is 100 ms).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the summary (default: <run_dir>/demo-summary.json and .txt).")
+@click.option("--retrain/--no-retrain", default=True, show_default=True,
+              help="Run the retrain job beside the worker (the loop closes within the run).")
 @_cpu_share_option
 @_friendly
 def demo(rate: float, duration: float, label_delay: float, seed: int, linger_ms: float, report: Path | None,
+         retrain: bool,
          cpu_share: float | None) -> None:
     """Run everything: stack, model, worker, a minute of events with drift half-way, and a summary."""
     from streaming.demo import run_demo
 
     ok = run_demo(_settings(), rate=rate, duration=duration, label_delay=label_delay, seed=seed, report=report,
+                  retrain=retrain,
                   linger_ms=linger_ms, cpu_share=cpu_share)
     sys.exit(0 if ok else 1)
 

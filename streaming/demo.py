@@ -106,18 +106,21 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def run_demo(settings: Settings, *, rate: float, duration: float, label_delay: float, seed: int,
-             report: Path | None = None, linger_ms: float = EVENT_LINGER_MS, cpu_share: float | None = None) -> bool:
+             report: Path | None = None, linger_ms: float = EVENT_LINGER_MS, cpu_share: float | None = None,
+             retrain: bool = True) -> bool:
     """The demo; with ``cpu_share`` all of it (and a stack already up) runs on that fraction of the machine
     (:mod:`streaming.infra.cpushare`), recorded in the summary."""
     from loadtest.share import share_run
 
-    with share_run(cpu_share, settings, lambda m: tqdm.write(f"demo: {m}")):
+    with share_run(cpu_share, settings, lambda m: tqdm.write(f"demo: {m}")) as group:
         return _run_demo(settings, rate=rate, duration=duration, label_delay=label_delay, seed=seed, report=report,
-                         linger_ms=linger_ms, cpu_share=cpu_share)
+                         linger_ms=linger_ms, cpu_share=cpu_share, retrain=retrain,
+                         share_parent=None if group is None else group.path.parent)
 
 
 def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: float, seed: int,
-              report: Path | None, linger_ms: float, cpu_share: float | None) -> bool:
+              report: Path | None, linger_ms: float, cpu_share: float | None, retrain: bool,
+              share_parent: Path | None = None) -> bool:
     # Ctrl-C and SIGTERM stop everything the demo started (even when SIGINT was ignored on entry)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -127,6 +130,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
     reader: ReaderProcess | None = None
     producers: list[EventProducer] = []
     children: list[int] = []
+    groups: list[Any] = []
     namespaces: list[tuple[str, str]] = []
     run_dir = settings.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,12 +175,24 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
                "STREAMING_BROKER_URL": bootstrap, "STREAMING_REDIS_URL": redis_url,
                "STREAMING_METRICS_PORT": str(metrics_port), "STREAMING_RUN_DIR": str(run_dir),
                "STREAMING_REDIS_PREFIX": namespace, "STREAMING_MODELS_DIR": str(models_root)}
-        say("starting the worker (joining the consumer group takes a few seconds)")
+        if retrain:  # started first: its imports are done while the worker joins its group
+            job = spawn([sys.executable, "-m", "streaming", "retrain", "--timeout", str(duration + LOOP_WAIT_S + 120)],
+                        run_dir / "demo-retrain.log", tie_to_parent=True, env={**os.environ, **env})
+            children.append(job.pid)
+            if cpu_share is not None and share_parent is not None:
+                # batch work on a budget of its own: inside the serving share, a CFS quota throttles the whole
+                # group whenever the job's training uses the time the worker leaves idle, niced or not (measured:
+                # e2e p99 377-883 ms at share 0.5 with the job inside, docs/benchmarks.md)
+                from streaming.infra.cpushare import CpuShare
+
+                batch = CpuShare(cpu_share / 4, parent=share_parent)  # beside the serving group, not in it
+                batch.add(job.pid)
+                groups.append(batch)
+                say(f"the retrain job runs outside the serving share, on its own: {batch.describe()}")
+        say("starting the worker (joining the consumer group takes a few seconds)"
+            + ("; the retrain job beside it" if retrain else ""))
         worker = WorkerProcess(env, run_dir / "demo-worker.log")
         worker.start()
-        retrain = spawn([sys.executable, "-m", "streaming", "retrain", "--timeout", str(duration + LOOP_WAIT_S + 120)],
-                        run_dir / "demo-retrain.log", tie_to_parent=True, env={**os.environ, **env})
-        children.append(retrain.pid)
         loop = _Loop(registry, active.version, f"http://127.0.0.1:{metrics_port}/metrics")
         now = time.time_ns() // 1000
         id_prefix = f"d{now // 1_000_000}-"
@@ -210,7 +226,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
                 raise RuntimeError("the worker died; see " + str(run_dir / "demo-worker.log"))
 
         stats = player.run(duration, on_tick=tick)
-        if loop.pending():
+        if retrain and loop.pending():
             say(f"the drift was seen and a new version is on its way: events go on (at most {LOOP_WAIT_S:g}s) "
                 "until the worker serves it")
             stats = player.run(LOOP_WAIT_S, on_tick=tick, should_stop=lambda: not loop.pending())
@@ -255,6 +271,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
             "generator_linger_ms": linger_ms,
             "model_version": active.version,
             "cpu_share": cpu_share,
+            "retrain_job": retrain,
             "loop": loop.summary(bootstrap, settings.topic_retrain, codec, started_ms, play_start_us, drift_at,
                                  got.versions),
         }
@@ -276,6 +293,9 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         for pid in children:
             with contextlib.suppress(Exception):
                 terminate(pid)
+        for group in groups:
+            with contextlib.suppress(Exception):
+                group.close()
         for url, namespace in namespaces:
             with contextlib.suppress(Exception):  # best effort: the keys expire anyway
                 drop_namespace(url, namespace)

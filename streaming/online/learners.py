@@ -85,5 +85,5 @@ class OnlineLearner:
         return float(self.model.predict_proba_one(x).get(True, 0.0))
 
     def learn(self, x: Mapping[str, float], y: bool) -> None:
-        self.model.learn_one(dict(x), bool(y))
+        self.model.learn_one(x, bool(y))
         self.seen += 1
