@@ -104,21 +104,27 @@ def down() -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @_friendly
-def status() -> None:
+def status(as_json: bool) -> None:
     """Show the embedded stack's services, ports and whether they answer."""
+    from streaming.infra.redact import redact_url
     from streaming.infra.stack import Stack
 
     state = Stack(_settings()).state
-    if not state.services:
-        click.echo("not running (start it with `streaming up`)")
-        sys.exit(1)
-    ok = True
+    services = []
     for name, svc in state.services.items():
         running = svc.running
-        ok &= running
-        owner = f"pid {svc.pid}" if svc.pid else "external"
-        click.echo(f"{name:7} {svc.url:32} port {svc.port:<6} {owner:12} {'up' if running else 'DOWN'}")
+        services.append({"name": name, "url": redact_url(svc.url), "port": svc.port, "pid": svc.pid,
+                         "up": running})
+        if not as_json:
+            owner = f"pid {svc.pid}" if svc.pid else "external"
+            click.echo(f"{name:7} {redact_url(svc.url):32} port {svc.port:<6} {owner:12} {'up' if running else 'DOWN'}")
+    ok = bool(services) and all(s["up"] for s in services)
+    if not services and not as_json:
+        click.echo("not running (start it with `streaming up`)")
+    if as_json:
+        click.echo(orjson.dumps({"running": bool(services), "ok": ok, "services": services}).decode())
     sys.exit(0 if ok else 1)
 
 
@@ -401,8 +407,9 @@ def models() -> None:
 
 
 @models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @_friendly
-def models_list() -> None:
+def models_list(as_json: bool) -> None:
     """List the versions of the pipeline's model."""
     from streaming.inference.registry import ModelRegistry
     from streaming.worker.runtime import load_components
@@ -411,16 +418,24 @@ def models_list() -> None:
     _, _, pipeline = load_components(s)
     reg = ModelRegistry(s.path(s.models_dir), pipeline.name)
     versions = reg.versions()
-    if not versions:
-        click.echo(f"no versions of {pipeline.name} under {reg.root} (run `streaming train`)")
-        return
-    active = reg.active().version
-    shadow = reg.pointers()[1]
+    active = reg.active().version if versions else None
+    shadow = reg.pointers()[1] if versions else None
+    rows = []
     for v in versions:
-        auc = v.metadata.get("metrics", {}).get("roc_auc", float("nan"))
-        mark = "*" if v.version == active else "s" if v.version == shadow else " "
-        click.echo(f"{mark} {v.version:6} {v.metadata.get('created_at', '?'):22} roc_auc {auc:.3f}  "
-                   f"sha256 {v.metadata.get('sha256', '?')[:12]}")
+        auc = v.metadata.get("metrics", {}).get("roc_auc", v.metadata.get("evaluation", {}).get("candidate", {})
+                                                 .get("roc_auc", float("nan")))
+        rows.append({"version": v.version, "active": v.version == active, "shadow": v.version == shadow,
+                     "created_at": v.metadata.get("created_at"), "roc_auc": auc, "sha256": v.metadata.get("sha256"),
+                     "source": v.metadata.get("training_data", {}).get("source", "generator")})
+        if not as_json:
+            mark = "*" if v.version == active else "s" if v.version == shadow else " "
+            click.echo(f"{mark} {v.version:6} {v.metadata.get('created_at', '?'):22} roc_auc {auc:.3f}  "
+                       f"sha256 {v.metadata.get('sha256', '?')[:12]}")
+    if not versions and not as_json:
+        click.echo(f"no versions of {pipeline.name} under {reg.root} (run `streaming train`)")
+    if as_json:
+        click.echo(orjson.dumps({"model": pipeline.name, "registry": str(reg.root), "active": active,
+                                 "shadow": shadow, "versions": rows}).decode())
 
 
 @models.command("activate")

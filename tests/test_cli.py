@@ -136,3 +136,19 @@ def test_retrain_once_on_an_empty_topic(servers: Servers, models_dir: Path) -> N
     done = run("retrain", "--once", "--json", env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"outcomes": []}
+
+
+def test_status_and_models_list_print_json(servers: Servers, models_dir: Path, tmp_path: Path) -> None:
+    done = run("status", "--json", env={"STREAMING_RUN_DIR": str(servers.run_dir)})
+    assert done.returncode == 0, done.stderr
+    st = json.loads(done.stdout.strip().splitlines()[-1])
+    assert st["running"] and st["ok"] and {s["name"] for s in st["services"]} == {"broker", "redis"}
+    assert all(s["up"] and s["port"] > 0 for s in st["services"])
+    empty = run("status", "--json", env={"STREAMING_RUN_DIR": str(tmp_path)})
+    assert empty.returncode == 1 and json.loads(empty.stdout) == {"running": False, "ok": False, "services": []}
+    done = run("models", "list", "--json", env={"STREAMING_MODELS_DIR": str(models_dir)})
+    assert done.returncode == 0, done.stderr
+    ml = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ml["model"] == "fraud" and ml["active"] == "v1" and ml["shadow"] is None
+    [v1] = [v for v in ml["versions"] if v["version"] == "v1"]
+    assert v1["active"] and len(v1["sha256"]) == 64 and 0.5 < v1["roc_auc"] <= 1.0

@@ -107,7 +107,11 @@ class ModelManager:
             return False
         changed = False
         if want_active is not None and want_active != self.active.tag:
-            new = await self._try_load("active", want_active, executor)
+            new: OnnxModel | None
+            if self.shadow is not None and self.shadow.tag == want_active:
+                new = self.shadow  # promoted from shadow: loaded and warmed already, the swap is immediate
+            else:
+                new = await self._try_load("active", want_active, executor)
             if new is not None:
                 old, self.active = self.active, new
                 self.on_change("active", old, new)
@@ -120,11 +124,11 @@ class ModelManager:
                 self.on_change("shadow", old_shadow, None)
                 changed = True
             else:
-                new = await self._try_load("shadow", want_shadow, executor)
-                if new is not None:
-                    old_shadow, self.shadow = self.shadow, new
-                    self.on_change("shadow", old_shadow, new)
-                    log.warning("scoring %s %s in shadow", new.name, new.tag)
+                shadow = await self._try_load("shadow", want_shadow, executor)
+                if shadow is not None:
+                    old_shadow, self.shadow = self.shadow, shadow
+                    self.on_change("shadow", old_shadow, shadow)
+                    log.warning("scoring %s %s in shadow", shadow.name, shadow.tag)
                     changed = True
         return changed
 

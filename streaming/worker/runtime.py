@@ -16,6 +16,7 @@ from streaming.inference.batching.buckets import default_buckets
 from streaming.inference.manager import ModelManager
 from streaming.inference.registry import ModelRegistry
 from streaming.inference.session import OnnxModel
+from streaming.infra.redact import redact_url
 from streaming.infra.stack import check_broker, check_redis, resolve_endpoints
 from streaming.observability.metrics import Metrics
 from streaming.online.detectors import ReferenceSnapshot
@@ -125,7 +126,8 @@ class Runtime:
         monitors = monitor_group(pipeline, model.tag, registry, vectors.names)
         for m in monitors.monitors:
             metrics.drift_state.labels(m.spec.name).set(0)
-        log.info("serving %s %s on %s; broker %s; redis %s", model.name, model.tag, model.provider, bootstrap, redis_url)
+        log.info("serving %s %s on %s; broker %s; redis %s", model.name, model.tag, model.provider, bootstrap,
+                 redact_url(redis_url))
         return cls(
             settings=settings,
             bootstrap=bootstrap,

@@ -214,3 +214,20 @@ async def test_a_malformed_pointer_is_logged_not_raised(reg: ModelRegistry, call
     (reg.dir / "active.json").write_text(json.dumps({"version": 2}))
     assert await m.refresh() is False
     assert m.active.tag == "v1" and "must be a version name" in caplog.text
+
+
+async def test_a_shadow_promoted_to_active_is_not_loaded_again(reg: ModelRegistry, calls: Calls) -> None:
+    good(reg)
+    reg.activate("v1")
+    m = manager(reg, calls)
+    good(reg)
+    reg.set_shadow("v2")
+    assert await m.refresh() and m.shadow is not None and m.shadow.tag == "v2"
+    shadow = m.shadow
+    loads: list[str] = []
+    real_load = m.load
+    m.load = lambda version: loads.append(version) or real_load(version)  # type: ignore[method-assign]
+    reg.activate("v2")  # the retrain job's promotion: the shadow becomes the active version
+    assert await m.refresh()
+    assert m.active is shadow and m.shadow is None and loads == []  # swapped in at once, no second warm-up
+    assert calls.changed[-2:] == [("active", "v1", "v2"), ("shadow", "v2", None)]
