@@ -528,6 +528,18 @@ class PageHinkleyDetector(_RiverDetector):
 # --------------------------------------------------------------------------- windowed (label-free) detectors
 
 
+def _fill(det: Any, arr: np.ndarray) -> None:
+    """Copy ``arr`` (samples or rows) into ``det``'s tumbling window, testing the window each time it fills."""
+    i = 0
+    while i < len(arr):
+        take = min(det.window - det._n, len(arr) - i)
+        det._buf[det._n:det._n + take] = arr[i:i + take]
+        det._n += take
+        i += take
+        if det._n == det.window:
+            det._close()
+
+
 class WindowDetector:
     """A tumbling window of the signal compared, when full, with the reference sample."""
 
@@ -587,15 +599,7 @@ class WindowDetector:
     def update_many(self, values: Sequence[float] | np.ndarray) -> Level:
         """Feed a batch (same result as one :meth:`update` per value); the level after the last."""
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
-        arr = arr[~np.isnan(arr)]
-        i = 0
-        while i < arr.size:
-            take = min(self.window - self._n, arr.size - i)
-            self._buf[self._n:self._n + take] = arr[i:i + take]
-            self._n += take
-            i += take
-            if self._n == self.window:
-                self._close()
+        _fill(self, arr[~np.isnan(arr)])
         return self.level
 
     def _close(self) -> None:
@@ -744,14 +748,7 @@ class FeatureDrift:
         arr = np.asarray(X, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != len(self.names):
             raise ValueError(f"expected rows of {len(self.names)} features, got shape {arr.shape}")
-        i = 0
-        while i < arr.shape[0]:
-            take = min(self.window - self._n, arr.shape[0] - i)
-            self._buf[self._n:self._n + take] = arr[i:i + take]
-            self._n += take
-            i += take
-            if self._n == self.window:
-                self._close()
+        _fill(self, arr)
         return self.level
 
     def update(self, value: Sequence[float] | np.ndarray) -> Level:
