@@ -98,7 +98,8 @@ class Traffic:
         self.labels_topic = labels_topic
         self.delivered = Delivered()
         base = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
-                "allow.auto.create.topics": False, "log.connection.close": False, "message.timeout.ms": 60_000}
+                "allow.auto.create.topics": False, "log.connection.close": False, "message.timeout.ms": 60_000,
+                "partitioner": "murmur2_random"}
         self._events = Producer({**base, "linger.ms": linger_ms})
         self._labels = Producer({**base, "linger.ms": LABEL_LINGER_MS})
 

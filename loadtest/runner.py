@@ -269,6 +269,7 @@ def run_load(
         raise
     gen_stats = StatsSamples()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
+                         "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000, "log.connection.close": False,
                          "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": gen_stats.callback})
     actual: dict[str, int] = {}

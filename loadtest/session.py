@@ -247,7 +247,8 @@ class LoadSession:
         ev = dict(item.event)
         ev[spec.time_field] = time.time_ns() // 1000
         reader = TopicReader(self.bootstrap, target.output_topic, from_beginning=True)
-        producer = Producer({"bootstrap.servers": self.bootstrap, "log.connection.close": False})
+        producer = Producer({"bootstrap.servers": self.bootstrap, "log.connection.close": False,
+                             "partitioner": "murmur2_random"})
         try:
             producer.produce(target.events_topic, key=entity_key(ev, spec.key).encode(),
                              value=self.codec.encode(spec.schema, ev))

@@ -67,6 +67,7 @@ class EventProducer:
                 "linger.ms": linger_ms,
                 "acks": "all",
                 "enable.idempotence": False,
+                "partitioner": "murmur2_random",  # Kafka's default (Java clients, the worker's aiokafka)
                 "log.connection.close": False,
             }
         )

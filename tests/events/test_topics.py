@@ -30,3 +30,27 @@ def test_topics_are_created_once_with_the_brokers_replication(servers: Servers) 
 def test_an_unreachable_broker_is_one_clear_error() -> None:
     with pytest.raises(UnreachableError, match="does not answer"):
         ensure_topics("127.0.0.1:1", ["x"], 1, timeout=2)
+
+
+def test_a_key_lands_on_the_partition_the_worker_would_choose(servers: Servers) -> None:
+    """The CLI's producer and the worker's aiokafka hash keys alike (murmur2, Kafka's default)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streaming.events.codec import Codec
+    from streaming.events.producer import EventProducer
+    from streaming.events.schemas import SchemaRegistry
+    from streaming.settings import project_root
+    from tests.helpers import transaction
+
+    topic = unique("murmur")
+    ensure_topics(servers.bootstrap, [topic], 4)
+    landed: dict[bytes, int] = {}
+    codec = Codec(SchemaRegistry.from_dir(project_root() / "schemas"))
+    prod = EventProducer(servers.bootstrap, codec, "transaction", topic, key_fields=["card_id"], linger_ms=5,
+                         on_delivery=lambda err, msg: landed.__setitem__(msg.key(), msg.partition()))
+    for i in range(64):
+        prod.send(transaction(unique("m"), card=f"card-{i}"))
+    assert prod.close() == 0 and len(landed) == 64
+    partitioner = DefaultPartitioner()
+    assert {k: partitioner(k, [0, 1, 2, 3], [0, 1, 2, 3]) for k in landed} == landed
+    assert len(set(landed.values())) == 4  # the keys spread over every partition
