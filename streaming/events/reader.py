@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from streaming.errors import UnreachableError
 
-__all__ = ["TopicReader"]
+__all__ = ["EndRead", "TopicReader"]
 
 
 class TopicReader:
@@ -64,3 +73,57 @@ class TopicReader:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+class EndRead:
+    """Reading a topic up to its end as it was when the read started, on a reader from the beginning.
+
+    The end offsets are taken at the start. The embedded broker's high watermark counts batches, not
+    records (docs/platform.md), so a partition's end is "reached" at its last offset and read on until it
+    is quiet; a record at or past the end, stamped after ``started_ms``, is a newer one: it and everything
+    after it in its partition are counted (``newer``), not returned.
+    """
+
+    def __init__(self, reader: TopicReader, started_ms: int) -> None:
+        self.reader = reader
+        self.started_ms = started_ms
+        self.ends = reader.end_offsets()
+        self.reached = {p: end <= 0 for p, end in self.ends.items()}
+        self.position = dict.fromkeys(self.ends, -1)
+        self.past: set[int] = set()  # partitions where a record written after the start was seen
+        self.last_seen = dict.fromkeys(self.ends, time.monotonic())
+        self.newer = 0
+        self.polled = 0  # records the last poll returned, newer ones included
+
+    def poll(self, timeout: float = 0.2) -> list[Message]:
+        """The next records written before the start."""
+        msgs = self.reader.poll(timeout)
+        self.polled = len(msgs)
+        now = time.monotonic()
+        out = []
+        for msg in msgs:
+            p, off = int(msg.partition() or 0), int(msg.offset() or 0)
+            self.last_seen[p] = now
+            self.position[p] = off
+            end = self.ends.get(p, 0)
+            if off >= end - 1:
+                self.reached[p] = True
+            ts_type, ts = msg.timestamp()
+            if p in self.past or (off >= end and ts_type != TIMESTAMP_NOT_AVAILABLE and ts > self.started_ms):
+                self.past.add(p)
+                self.newer += 1
+                continue
+            out.append(msg)
+        return out
+
+    def done(self, idle_s: float, stall_s: float | None = None) -> bool:
+        """Every partition has passed its end, or reached it and been quiet ``idle_s``; with ``stall_s``, a
+        partition quiet that long short of its end counts as done too."""
+        now = time.monotonic()
+        return all(p in self.past or now - self.last_seen[p] >= (
+            idle_s if self.reached[p] else (float("inf") if stall_s is None else stall_s)) for p in self.ends)
+
+    def behind(self) -> str:
+        """Where the partitions short of their end are (for an error message)."""
+        return ", ".join(f"partition {p} at offset {self.position[p]} of {self.ends[p]}"
+                         for p in self.ends if not self.reached[p]) or "every partition reached its end"

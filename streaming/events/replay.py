@@ -43,7 +43,7 @@ from tqdm import tqdm
 from streaming.errors import UnreachableError, UserError
 from streaming.events.deadletter import HEADER_PREFIX
 from streaming.events.producer import EVENT_LINGER_MS
-from streaming.events.reader import TopicReader
+from streaming.events.reader import EndRead, TopicReader
 
 __all__ = [
     "HEADER_REPLAYED_FROM",
@@ -274,39 +274,25 @@ def replay(
                 "log.connection.close": False,
                 **extra,
             })
-        ends = reader.end_offsets()
-        reached = {p: end <= 0 for p, end in ends.items()}
-        past: set[int] = set()  # partitions where a record written after the start was seen
-        last_seen = dict.fromkeys(ends, time.monotonic())
+        scan = EndRead(reader, started_ms)
         done = False
         while not done:
-            msgs = reader.poll(0.2)
-            now = time.monotonic()
+            msgs = scan.poll(0.2)
             for msg in msgs:
-                p, off = int(msg.partition() or 0), int(msg.offset() or 0)
-                last_seen[p] = now
-                end = ends.get(p, 0)
-                if off >= end - 1:
-                    reached[p] = True
-                ts_type, ts = msg.timestamp()
-                if p in past or (off >= end and ts > started_ms):
-                    past.add(p)
-                    result.newer += 1
-                    continue
                 result.read += 1
+                ts_type, ts = msg.timestamp()
                 if _take(msg, result, topics, producer, on_delivery, stage_set=stage_set, reasons=reason_filters,
                          since_ms=since_ms, until_ms=until_ms, ts=None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts, dlq_topic=dlq_topic,
                          to_topic=to_topic) and limit is not None and result.selected >= limit:
                     result.limit_reached = done = True
                     break
-            if msgs:
-                bar.update(len(msgs))
+            result.newer = scan.newer
+            if scan.polled:
+                bar.update(scan.polled)
                 bar.set_postfix_str(f"{'selected' if dry_run else 'replayed'} {result.selected}", refresh=False)
             elif producer is not None:
                 producer.poll(0)
-            done = done or all(
-                p in past or now - last_seen[p] >= (idle_s if reached[p] else stall_s) for p in ends
-            )
+            done = done or scan.done(idle_s, stall_s)
         if producer is not None:
             left = producer.flush(flush_timeout_s)
             result.replayed = delivered

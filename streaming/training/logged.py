@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 from streaming.errors import UnreachableError
 from streaming.events.codec import Codec, DecodeError
 from streaming.events.limits import Limits
-from streaming.events.reader import TopicReader
+from streaming.events.reader import EndRead, TopicReader
 from streaming.features.store import ServedVector
 from streaming.features.vector import VectorBuilder
 from streaming.pipeline.spec import Pipeline
@@ -126,35 +125,15 @@ def read_label_values(bootstrap: str, topic: str, *, timeout_s: float = 120.0, i
     started_ms = time.time_ns() // 1_000_000
     reader = TopicReader(bootstrap, topic, from_beginning=True, config=config)
     try:
-        ends = reader.end_offsets()
-        reached = {p: end <= 0 for p, end in ends.items()}
-        position = dict.fromkeys(ends, -1)
-        past: set[int] = set()
-        last_seen = dict.fromkeys(ends, time.monotonic())
+        scan = EndRead(reader, started_ms)
         values: list[bytes | None] = []
-        after = 0
         while True:
-            msgs = reader.poll(0.2)
+            values.extend(msg.value() for msg in scan.poll(0.2))
             now = time.monotonic()
-            for msg in msgs:
-                p, off = int(msg.partition() or 0), int(msg.offset() or 0)
-                last_seen[p] = now
-                end = ends.get(p, 0)
-                position[p] = off
-                if off >= end - 1:
-                    reached[p] = True
-                ts_type, ts = msg.timestamp()
-                if p in past or (off >= end and ts_type != TIMESTAMP_NOT_AVAILABLE and ts > started_ms):
-                    past.add(p)
-                    after += 1
-                    continue
-                values.append(msg.value())
-            if all(p in past or (reached[p] and now - last_seen[p] >= idle_s) for p in ends):
-                return LabelValues(values, ends, after, round(now - t0, 3))
+            if scan.done(idle_s):
+                return LabelValues(values, scan.ends, scan.newer, round(now - t0, 3))
             if now - t0 > timeout_s:
-                behind = ", ".join(f"partition {p} at offset {position[p]} of {ends[p]}"
-                                   for p in ends if not reached[p]) or "every partition reached its end"
-                raise LabelReadError(f"reading the labels topic {topic} took over {timeout_s:g}s ({behind}); "
+                raise LabelReadError(f"reading the labels topic {topic} took over {timeout_s:g}s ({scan.behind()}); "
                                      "is the broker overloaded? raise the timeout or retry")
     finally:
         reader.close()
