@@ -83,16 +83,21 @@ def count_records(bootstrap: str, topic: str, since_ms: int, idle_s: float = 1.0
     Read, not computed from watermarks: Tansu's high watermark counts batches
     (the base offset of the last batch + 1), not records.
     """
+    return sum(1 for m in records_since(bootstrap, topic, since_ms, idle_s) if where is None or where(_headers(m)))
+
+
+def records_since(bootstrap: str, topic: str, since_ms: int, idle_s: float = 1.0) -> list[Any]:
+    """The records of ``topic`` with a timestamp at or after ``since_ms``, read until it is quiet ``idle_s``."""
     reader = TopicReader(bootstrap, topic, from_beginning=True)
     try:
-        n = 0
+        out: list[Any] = []
         idle_since = time.monotonic()
         while time.monotonic() - idle_since < idle_s:
             msgs = reader.poll(0.2)
             if msgs:
                 idle_since = time.monotonic()
-            n += sum(1 for m in msgs if m.timestamp()[1] >= since_ms and (where is None or where(_headers(m))))
-        return n
+            out += [m for m in msgs if m.timestamp()[1] >= since_ms]
+        return out
     finally:
         reader.close()
 
@@ -392,20 +397,10 @@ class _Loop:
 
 
 def _read_requests(bootstrap: str, topic: str, codec: Any, since_ms: int) -> list[dict[str, Any]]:
-    reader = TopicReader(bootstrap, topic, from_beginning=True)
     out = []
-    try:
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < 1.0:
-            msgs = reader.poll(0.2)
-            if msgs:
-                idle_since = time.monotonic()
-            for m in msgs:
-                if m.timestamp()[1] >= since_ms:
-                    with contextlib.suppress(Exception):
-                        out.append(codec.decode("retrain_request", m.value()))
-    finally:
-        reader.close()
+    for m in records_since(bootstrap, topic, since_ms):
+        with contextlib.suppress(Exception):
+            out.append(codec.decode("retrain_request", m.value()))
     return sorted(out, key=lambda r: r["detected_at"])
 
 
