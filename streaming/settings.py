@@ -80,6 +80,39 @@ class Settings:
         "broker (Tansu) every partition adds produce batches, and its cost grows with the batches it stores.",
         minimum=1,
     )
+    # -- security: Kafka (every client we create: the worker, the CLI, the load test, the demo)
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT", "Kafka security protocol.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "SCRAM-SHA-256", "SASL mechanism (with a SASL_* protocol).", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
+    kafka_sasl_username: str = _setting("", "SASL user name.")
+    kafka_sasl_password: str = _setting("", "SASL password. Empty: the password file.", secret=True)
+    kafka_sasl_password_file: str = _setting("", "File holding the SASL password (its first line).")
+    kafka_ssl_ca: str = _setting("", "PEM file of the CA that signed the brokers' certificates (empty: the system's).")
+    kafka_ssl_cert: str = _setting("", "PEM client certificate, for brokers that ask for one (mutual TLS).")
+    kafka_ssl_key: str = _setting("", "PEM private key of the client certificate.")
+    # -- security: Redis (the URL may carry them too: redis://:password@host, rediss:// for TLS)
+    redis_password: str = _setting("", "Redis AUTH password (overrides one in the URL). Empty: the password file, "
+                                   "then the URL's.", secret=True)
+    redis_password_file: str = _setting("", "File holding the Redis AUTH password (its first line).")
+    redis_username: str = _setting("", "Redis ACL user name (empty: the URL's, else the default user).")
+    redis_tls_ca: str = _setting("", "PEM CA file for a rediss:// (TLS) Redis.")
+    redis_tls_cert: str = _setting("", "PEM client certificate for a Redis that asks for one.")
+    redis_tls_key: str = _setting("", "PEM private key of the Redis client certificate.")
+    redis_cluster: bool = _setting(
+        False, "The Redis URL names a node of a Redis Cluster: keys are routed by slot and each script call touches "
+        "one slot.",
+    )
+    # -- security: models
+    model_signing_key: str = _setting(
+        "", "Key (at least 16 bytes) of the HMAC-SHA256 that signs model artefacts. When a key is set (here or in "
+        "the key file), an unsigned or wrongly signed model is refused. Empty: the key file.", secret=True,
+    )
+    model_signing_key_file: str = _setting(
+        "", "File holding the model-signing key. Empty: no key, models are checked against their sha256 only.",
+    )
     # -- worker and Kafka clients
     app_id: str = _setting("streaming-worker", "Faust app id (the consumer group).")
     consumer_fetch_max_wait_ms: int = _setting(
