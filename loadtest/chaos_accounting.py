@@ -30,6 +30,7 @@ from loadtest.chaos_traffic import HOSTILE_PREFIX
 from streaming.errors import UserError
 from streaming.events.codec import Codec
 from streaming.events.reader import TopicReader
+from streaming.events.security import client_config
 from streaming.features.reference import ReferenceStore
 from streaming.features.store import RedisFeatureStore
 from streaming.pipeline.spec import Pipeline
@@ -196,8 +197,8 @@ class EpochReader:
 
 def committed(bootstrap: str, group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
     """The group's committed offset of each partition (-1: none), read without joining the group."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "log.connection.close": False})
+    consumer = Consumer(client_config(bootstrap, {"group.id": group, "enable.auto.commit": False,
+                                                    "log.connection.close": False}))
     try:
         tps = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
         return {tp.partition: tp.offset for tp in tps}

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka.admin import AdminClient
 
 from loadtest.chaos_plan import ChaosAbort
+from streaming.events.security import client_config
 
 if TYPE_CHECKING:
     from loadtest.chaos_run import ChaosRun
@@ -67,7 +68,7 @@ def _topics_back(run: ChaosRun, timeout: float) -> bool:
     while time.monotonic() < deadline:
         run.sup.poll()
         with contextlib.suppress(Exception):
-            names = AdminClient({"bootstrap.servers": run.broker.bootstrap}).list_topics(timeout=2).topics
+            names = AdminClient(client_config(run.broker.bootstrap)).list_topics(timeout=2).topics
             if all(t in names for t in run.topics):
                 return True
         time.sleep(0.5)

@@ -79,7 +79,7 @@ class ChaosRun:
         self.broker.start()
         self.redis.start()
         s = self.s
-        registry = ModelRegistry(s.path(s.models_dir), self.pipeline.name)
+        registry = ModelRegistry.from_settings(s, self.pipeline.name)
         if not registry.versions():
             self.say("no model yet: training the first one")
             train_pipeline(self.pipeline, registry, progress=self.say)

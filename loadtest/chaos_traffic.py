@@ -22,6 +22,7 @@ from confluent_kafka import Producer
 from loadtest.reader import first_string_field
 from streaming.events.codec import MAGIC, Codec
 from streaming.events.producer import EVENT_LINGER_MS, LABEL_LINGER_MS, entity_key
+from streaming.events.security import client_config
 from streaming.pipeline.spec import Pipeline
 
 __all__ = ["HOSTILE_KINDS", "HOSTILE_PREFIX", "Delivered", "LabelQueue", "Traffic", "hostile_record"]
@@ -97,7 +98,7 @@ class Traffic:
         self.events_topic = events_topic
         self.labels_topic = labels_topic
         self.delivered = Delivered()
-        base = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
+        base = {**client_config(bootstrap), "acks": "all", "enable.idempotence": False,
                 "allow.auto.create.topics": False, "log.connection.close": False, "message.timeout.ms": 60_000,
                 "partitioner": "murmur2_random"}
         self._events = Producer({**base, "linger.ms": linger_ms})

@@ -32,6 +32,7 @@ from hdrh.histogram import HdrHistogram
 from loadtest.reader import STATS_INTERVAL_MS, ReaderProcess, ReadResult
 from streaming.events.codec import Codec
 from streaming.events.producer import entity_key
+from streaming.events.security import client_config
 from streaming.observability.kafka_requests import KINDS, Sample, StatsSamples, window_delta
 from streaming.pipeline.spec import Pipeline
 from streaming.synthetic.registry import generator_for
@@ -268,7 +269,7 @@ def run_load(
         reader.stop(10)
         raise
     gen_stats = StatsSamples()
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all",
+    producer = Producer({**client_config(bootstrap), "linger.ms": linger_ms, "acks": "all",
                          "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000, "log.connection.close": False,
                          "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": gen_stats.callback})

@@ -26,6 +26,7 @@ from streaming.demo import count_records
 from streaming.errors import UserError
 from streaming.events.producer import entity_key
 from streaming.events.reader import TopicReader
+from streaming.events.security import client_config
 from streaming.events.topics import ensure_topics
 from streaming.features.store import drop_namespace
 from streaming.infra.processes import free_port
@@ -247,7 +248,7 @@ class LoadSession:
         ev = dict(item.event)
         ev[spec.time_field] = time.time_ns() // 1000
         reader = TopicReader(self.bootstrap, target.output_topic, from_beginning=True)
-        producer = Producer({"bootstrap.servers": self.bootstrap, "log.connection.close": False,
+        producer = Producer({**client_config(self.bootstrap), "log.connection.close": False,
                              "partitioner": "murmur2_random"})
         try:
             producer.produce(target.events_topic, key=entity_key(ev, spec.key).encode(),

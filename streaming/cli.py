@@ -82,15 +82,24 @@ def cli() -> None:
 
 # -- embedded stack ----------------------------------------------------------
 @cli.command()
+@click.option("--secure", is_flag=True,
+              help="Serve the broker over TLS only, with a certificate authority made for this run (docs/security.md).")
 @_friendly
-def up() -> None:
+def up(secure: bool) -> None:
     """Start the embedded broker (Tansu) and Redis (or adopt the one at STREAMING_REDIS_URL)."""
+    from streaming.infra.redact import redact_url
     from streaming.infra.stack import Stack
 
-    state = Stack(_settings()).up()
+    state = Stack(_settings(), secure=secure).up()
     for name, svc in state.services.items():
         owner = f"pid {svc.pid}" if svc.pid else "external"
-        click.echo(f"{name:7} {svc.url:32} port {svc.port:<6} {owner}")
+        click.echo(f"{name:7} {redact_url(svc.url):32} port {svc.port:<6} {owner}" + (" TLS" if svc.ca else ""))
+    broker = state.services.get("broker")
+    if broker is not None and broker.ca:
+        click.echo(f"the broker speaks TLS only; clients need:\n"
+                   f"  export STREAMING_KAFKA_SECURITY_PROTOCOL=SSL STREAMING_KAFKA_SSL_CA={broker.ca}")
+    elif secure:
+        click.echo("the broker was already running without TLS: `streaming down` first, then `streaming up --secure`")
 
 
 @cli.command()
@@ -116,7 +125,7 @@ def status(as_json: bool) -> None:
     for name, svc in state.services.items():
         running = svc.running
         services.append({"name": name, "url": redact_url(svc.url), "port": svc.port, "pid": svc.pid,
-                         "up": running})
+                         "up": running, "tls_ca": svc.ca})
         if not as_json:
             owner = f"pid {svc.pid}" if svc.pid else "external"
             click.echo(f"{name:7} {redact_url(svc.url):32} port {svc.port:<6} {owner:12} {'up' if running else 'DOWN'}")
@@ -326,7 +335,7 @@ def train(seed: int | None) -> None:
 
     s = _settings()
     _, _, pipeline = load_components(s)
-    registry = ModelRegistry(s.path(s.models_dir), pipeline.name)
+    registry = ModelRegistry.from_settings(s, pipeline.name)
     train_pipeline(pipeline, registry, seed=seed, progress=lambda m: click.echo(f"train: {m}", err=True))
 
 
@@ -384,7 +393,7 @@ def drift_calibrate(streams: int, length: int, target: float, seed: int, dry_run
 
     s = _settings()
     _, _, pipeline = load_components(s)
-    registry = ModelRegistry(s.path(s.models_dir), pipeline.name)
+    registry = ModelRegistry.from_settings(s, pipeline.name)
     results = calibrate_pipeline(pipeline, registry, streams=streams, length=length, target=target, seed=seed,
                                  progress=lambda m: click.echo(f"calibrate: {m}", err=True))
     path = s.path(s.pipeline)
@@ -416,7 +425,7 @@ def models_list(as_json: bool) -> None:
 
     s = _settings()
     _, _, pipeline = load_components(s)
-    reg = ModelRegistry(s.path(s.models_dir), pipeline.name)
+    reg = ModelRegistry.from_settings(s, pipeline.name)
     versions = reg.versions()
     active = reg.active().version if versions else None
     shadow = reg.pointers()[1] if versions else None
@@ -448,7 +457,7 @@ def models_activate(version: str) -> None:
 
     s = _settings()
     _, _, pipeline = load_components(s)
-    mv = ModelRegistry(s.path(s.models_dir), pipeline.name).activate(version)
+    mv = ModelRegistry.from_settings(s, pipeline.name).activate(version)
     click.echo(f"active: {mv.name} {mv.version} (running workers switch within a second, between two batches)")
 
 
@@ -458,7 +467,7 @@ def _registry() -> Any:
 
     s = _settings()
     _, _, pipeline = load_components(s)
-    return ModelRegistry(s.path(s.models_dir), pipeline.name)
+    return ModelRegistry.from_settings(s, pipeline.name)
 
 
 @models.command("shadow")
@@ -471,6 +480,25 @@ def models_shadow(version: str | None, off: bool) -> None:
         raise UserError("give a VERSION, or --off")
     mv = _registry().set_shadow(None if off else version)
     click.echo("shadow: off" if mv is None else f"shadow: {mv.name} {mv.version}")
+
+
+@models.command("sign")
+@click.argument("versions", nargs=-1)
+@click.option("--all", "sign_all", is_flag=True, help="Sign every version on disk.")
+@_friendly
+def models_sign(versions: tuple[str, ...], sign_all: bool) -> None:
+    """Sign VERSIONS under the model-signing key (versions made before the key was set).
+
+    Signing vouches for the files as they are on disk: check them first.
+    """
+    if sign_all == bool(versions):
+        raise UserError("give one or more VERSIONS, or --all")
+    reg = _registry()
+    if reg.signer is None:
+        raise UserError("no model-signing key: set STREAMING_MODEL_SIGNING_KEY or STREAMING_MODEL_SIGNING_KEY_FILE")
+    for version in (reg.names() if sign_all else versions):
+        mv = reg.sign(version)
+        click.echo(f"signed: {mv.name} {mv.version} (key id {reg.signer.key_id})")
 
 
 @models.command("rollback")
@@ -512,7 +540,7 @@ def bench_learners(quick: bool, as_json: bool) -> None:
 
     s = _settings()
     _, codec, pipeline = load_components(s)
-    result = run_learners_bench(pipeline, ModelRegistry(s.path(s.models_dir), pipeline.name), codec, quick=quick,
+    result = run_learners_bench(pipeline, ModelRegistry.from_settings(s, pipeline.name), codec, quick=quick,
                                 progress=lambda m: click.echo(f"bench: {m}", err=True))
     if as_json:
         click.echo(orjson.dumps(result).decode())

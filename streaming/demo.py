@@ -159,12 +159,12 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         bootstrap, redis_url = resolve_endpoints(settings)
         check_broker(bootstrap)
 
-        source = ModelRegistry(settings.path(settings.models_dir), pipeline.name)
+        source = ModelRegistry.from_settings(settings, pipeline.name)
         if not source.versions():
             say("no model yet: training the first one")
             train_pipeline(pipeline, source, progress=say)
         models_root = _own_registry(source, run_dir)
-        registry = ModelRegistry(models_root, pipeline.name)
+        registry = ModelRegistry(models_root, pipeline.name, signer=source.signer)
         active = registry.active()
         say(f"model {active.name} {active.version} (holdout ROC AUC {active.metadata['metrics']['roc_auc']:.3f}); "
             f"the run's registry: {models_root}")
@@ -318,7 +318,7 @@ def _own_registry(source: ModelRegistry, run_dir: Path) -> Path:
     root = run_dir / "demo-models"
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(active.path, root / source.name / active.version)
-    ModelRegistry(root, source.name).activate(active.version)
+    ModelRegistry(root, source.name, signer=source.signer).activate(active.version)
     return root
 
 

@@ -9,6 +9,7 @@ from confluent_kafka import Producer
 from fastavro.validation import ValidationError, validate
 
 from streaming.events.codec import Codec
+from streaming.events.security import client_config
 
 __all__ = ["EventProducer", "entity_key", "EVENT_LINGER_MS", "LABEL_LINGER_MS"]
 
@@ -62,14 +63,13 @@ class EventProducer:
         self.as_json = as_json
         self._on_delivery = on_delivery
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
+            client_config(bootstrap, {
                 "linger.ms": linger_ms,
                 "acks": "all",
                 "enable.idempotence": False,
                 "partitioner": "murmur2_random",  # Kafka's default (Java clients, the worker's aiokafka)
                 "log.connection.close": False,
-            }
+            })
         )
         self.sent = 0
 

@@ -18,6 +18,7 @@ from confluent_kafka import (
 )
 
 from streaming.errors import UnreachableError
+from streaming.events.security import client_config
 
 __all__ = ["EndRead", "TopicReader"]
 
@@ -30,15 +31,14 @@ class TopicReader:
         """``config``: more librdkafka settings for the consumer (e.g. statistics and their callback)."""
         self.topic = topic
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
+            client_config(bootstrap, {
                 "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": fetch_wait_ms,
                 "fetch.min.bytes": 1,
                 "log.connection.close": False,
                 **(config or {}),
-            }
+            })
         )
         try:
             meta = self._consumer.list_topics(topic, timeout=10)

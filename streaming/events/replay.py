@@ -44,6 +44,7 @@ from streaming.errors import UnreachableError, UserError
 from streaming.events.deadletter import HEADER_PREFIX
 from streaming.events.producer import EVENT_LINGER_MS
 from streaming.events.reader import EndRead, TopicReader
+from streaming.events.security import client_config
 
 __all__ = [
     "HEADER_REPLAYED_FROM",
@@ -181,7 +182,7 @@ class _Topics:
     """Which topics exist and their partition counts, from the broker's metadata (refreshed once per unknown name)."""
 
     def __init__(self, bootstrap: str, config: Mapping[str, Any]) -> None:
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "log.connection.close": False, **config})
+        self._admin = AdminClient(client_config(bootstrap, {"log.connection.close": False, **config}))
         self._bootstrap = bootstrap
         self._known: dict[str, int] = {}
         self._asked: set[str] = set()
@@ -265,15 +266,14 @@ def replay(
     try:
         topics = _Topics(bootstrap, extra)
         if not dry_run:
-            producer = Producer({
-                "bootstrap.servers": bootstrap,
+            producer = Producer(client_config(bootstrap, {
                 "linger.ms": linger_ms,
                 "acks": "all",
                 "enable.idempotence": False,
                 "partitioner": "murmur2_random",  # Kafka's default, as the worker's publisher
                 "log.connection.close": False,
                 **extra,
-            })
+            }))
         scan = EndRead(reader, started_ms)
         done = False
         while not done:

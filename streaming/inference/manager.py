@@ -135,7 +135,7 @@ class ModelManager:
     def _stamp(self, version: str) -> str:
         """``version`` and the modification times of its files: a refused version is tried again once they change."""
         times = []
-        for name in ("model.onnx", "metadata.json"):
+        for name in ("model.onnx", "metadata.json", "signature.json", "reference.json"):
             try:
                 times.append(str((self.registry.dir / version / name).stat().st_mtime_ns))
             except (OSError, ValueError):  # ValueError: a name the file system cannot hold

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from streaming.errors import UnreachableError, UserError
+from streaming.errors import ConfigError, UnreachableError, UserError
 from streaming.infra.processes import free_port, pid_alive, port_open, spawn, terminate, wait_for_port
 from streaming.settings import Settings
 
@@ -34,6 +34,8 @@ class Service:
     port: int
     pid: int | None = None  # None: not ours (an external Redis)
     log: str | None = None
+    ca: str | None = None  # the CA of a TLS listener (`streaming up --secure`): what clients must trust
+    helper_pid: int | None = None  # the TLS terminator in front of the broker (--secure)
 
     @property
     def running(self) -> bool:
@@ -65,10 +67,21 @@ class StackState:
         tmp.replace(run_dir / STATE_FILE)
 
 
-def broker_argv(url: str) -> list[str]:
-    """The embedded broker's command line: Tansu listening on ``url`` (``tcp://host:port``), memory storage."""
-    return [_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+def broker_argv(url: str, *, advertised: str | None = None, authentication: bool = False) -> list[str]:
+    """The embedded broker's command line: Tansu listening on ``url`` (``tcp://host:port``), memory storage.
+
+    ``advertised``: the address clients are told to use (a TLS terminator's in front of it);
+    ``authentication``: require SASL (Tansu's ``--authentication``).
+    """
+    argv = [_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised or url,
             "--storage-engine", "memory://tansu/"]
+    return argv + (["--authentication"] if authentication else [])
+
+
+def stunnel_config(accept_port: int, connect_port: int, bundle: Path) -> str:
+    """A stunnel service that takes TLS on ``accept_port`` and passes the plain bytes to ``connect_port``."""
+    return (f"foreground = yes\npid =\n\n[kafka]\naccept = 127.0.0.1:{accept_port}\n"
+            f"connect = 127.0.0.1:{connect_port}\ncert = {bundle}\n")
 
 
 def _tansu_binary() -> str:
@@ -104,11 +117,14 @@ class Stack:
     ``tie_to_parent`` makes the processes die with this one (tests, demo).
     """
 
-    def __init__(self, settings: Settings, *, private_redis: bool = False, tie_to_parent: bool = False) -> None:
+    def __init__(self, settings: Settings, *, private_redis: bool = False, tie_to_parent: bool = False,
+                 secure: bool = False, authentication: bool = False) -> None:
         self.settings = settings
         self.run_dir = settings.run_path
         self.private_redis = private_redis
         self.tie_to_parent = tie_to_parent
+        self.secure = secure
+        self.authentication = authentication
         self._procs: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -140,6 +156,8 @@ class Stack:
         state = self.state
         stopped = []
         for name, svc in state.services.items():
+            if svc.helper_pid is not None and terminate(svc.helper_pid):
+                stopped.append(f"{name} TLS terminator (pid {svc.helper_pid})")
             if svc.pid is not None and terminate(svc.pid):
                 stopped.append(f"{name} (pid {svc.pid})")
         for proc in self._procs:
@@ -154,12 +172,43 @@ class Stack:
         port = free_port()
         url = f"tcp://127.0.0.1:{port}"
         log = self.run_dir / "tansu.log"
-        proc = spawn(broker_argv(url), log, tie_to_parent=self.tie_to_parent)
+        tls_port = free_port() if self.secure else None
+        advertised = f"tcp://127.0.0.1:{tls_port}" if tls_port else None
+        proc = spawn(broker_argv(url, advertised=advertised, authentication=self.authentication), log,
+                     tie_to_parent=self.tie_to_parent)
         self._procs.append(proc)
         if not wait_for_port("127.0.0.1", port, 15.0, proc):
             terminate(proc.pid)
             raise UserError(f"the embedded broker did not start; see {log}")
-        return Service("broker", f"127.0.0.1:{port}", port, proc.pid, str(log))
+        if tls_port is None:
+            return Service("broker", f"127.0.0.1:{port}", port, proc.pid, str(log))
+        try:
+            terminator, ca = self._start_tls_terminator(tls_port, port)
+        except UserError:
+            terminate(proc.pid)
+            raise
+        return Service("broker", f"127.0.0.1:{tls_port}", tls_port, proc.pid, str(log), ca=str(ca),
+                       helper_pid=terminator)
+
+    def _start_tls_terminator(self, tls_port: int, broker_port: int) -> tuple[int, Path]:
+        """TLS in front of the broker: Tansu 0.6 accepts ``--cert/--key`` but serves plain TCP only, so stunnel
+        takes the clients' TLS and passes the bytes to the broker's loopback port (docs/security.md)."""
+        from streaming.infra.tls import make_run_certificates
+
+        binary = shutil.which("stunnel4") or shutil.which("stunnel")
+        if binary is None:
+            raise UserError("`streaming up --secure` needs stunnel for TLS in front of the embedded broker: "
+                            "apt-get install stunnel4")
+        certs = make_run_certificates(self.run_dir / "tls")
+        conf = self.run_dir / "stunnel.conf"
+        conf.write_text(stunnel_config(tls_port, broker_port, certs.bundle))
+        log = self.run_dir / "stunnel.log"
+        proc = spawn([binary, str(conf)], log, tie_to_parent=self.tie_to_parent)
+        self._procs.append(proc)
+        if not wait_for_port("127.0.0.1", tls_port, 10.0, proc):
+            terminate(proc.pid)
+            raise UserError(f"the TLS terminator (stunnel) did not start; see {log}")
+        return proc.pid, certs.ca
 
     def _start_or_adopt_redis(self) -> Service:
         url = self.settings.redis_url or DEFAULT_REDIS_URL
@@ -193,6 +242,11 @@ def resolve_endpoints(settings: Settings) -> tuple[str, str]:
         if svc is None:
             raise UnreachableError("no Kafka broker configured: run `streaming up`, or set STREAMING_BROKER_URL")
         broker = svc.url
+        if svc.ca and settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            raise ConfigError(
+                f"the embedded broker at {broker} speaks TLS (it was started with `streaming up --secure`): set "
+                f"STREAMING_KAFKA_SECURITY_PROTOCOL=SSL and STREAMING_KAFKA_SSL_CA={svc.ca}"
+            )
     rds = settings.redis_url
     if not rds:
         svc = state.services.get("redis")

@@ -53,6 +53,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from streaming.errors import ModelError, UnreachableError
 from streaming.events.codec import Codec, DecodeError
+from streaming.events.security import client_config
 from streaming.features.store import RedisFeatureStore
 from streaming.features.vector import VectorBuilder
 from streaming.inference.registry import ModelRegistry, ModelVersion
@@ -289,6 +290,8 @@ class RetrainJob:
                                                                     since_us, until_us, cand, act))
         out.version = mv.version
         await asyncio.to_thread(_write_reference, mv, trained.onnx_bytes, train)
+        if self.registry.signer is not None:  # reference.json was written after the version: sign them together
+            mv = self.registry.sign(mv.version)
         self._step(request, f"registered {mv.version} (sha256 {mv.metadata['sha256'][:12]}) with its reference "
                             "snapshot")
         self.registry.set_shadow(mv.version)
@@ -374,14 +377,13 @@ class _RequestConsumer:
     def __init__(self, bootstrap: str, topic: str, group: str, *, fetch_wait_ms: int = 100) -> None:
         self.topic = topic
         self.started_ms = time.time_ns() // 1_000_000
-        self._c = Consumer({
-            "bootstrap.servers": bootstrap,
+        self._c = Consumer(client_config(bootstrap, {
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": fetch_wait_ms,
             "log.connection.close": False,
-        })
+        }))
         try:
             meta = self._c.list_topics(topic, timeout=10)
             tmeta = meta.topics.get(topic)
@@ -440,7 +442,7 @@ async def run_retrain(settings: Settings, *, once: bool = False, timeout_s: floa
     check_broker(bootstrap)
     check_redis(redis_url)
     ensure_topics(bootstrap, [settings.topic_retrain, settings.topic_labels], settings.topic_partitions)
-    registry = ModelRegistry(settings.path(settings.models_dir), pipeline.name)
+    registry = ModelRegistry.from_settings(settings, pipeline.name)
     store = RedisFeatureStore.from_url(redis_url, pipeline, dedupe_ttl_s=settings.dedupe_ttl_s,
                                        log_ttl_s=settings.feature_log_ttl_s, prefix=settings.redis_prefix or None)
     job = RetrainJob(settings, pipeline, registry, store, codec, bootstrap, progress=say)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import orjson
+
 from streaming.inference.registry import ModelRegistry, ModelVersion
 from streaming.online.detectors import ReferenceSnapshot
 from streaming.pipeline.spec import Pipeline, parse_duration
@@ -55,10 +57,10 @@ def train_pipeline(
         },
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    mv = registry.write(trained.onnx_bytes, meta)
-    # what the label-free drift monitors compare the served traffic with: a sample of the training rows and scores
-    ReferenceSnapshot.from_arrays(ds.X, trained.estimator.predict_proba(ds.X)[:, 1], ds.feature_names).save(
-        mv.reference_path)
+    # what the label-free drift monitors compare the served traffic with: a sample of the training rows and scores;
+    # written with the version (and covered by its signature when the registry signs)
+    reference = ReferenceSnapshot.from_arrays(ds.X, trained.estimator.predict_proba(ds.X)[:, 1], ds.feature_names)
+    mv = registry.write(trained.onnx_bytes, meta, reference=orjson.dumps(reference.to_json()))
     if activate:
         registry.activate(mv.version)
     m = trained.metrics

@@ -24,6 +24,7 @@ from typing import Any
 
 import faust
 
+from streaming.events.security import KafkaSecurity
 from streaming.settings import Settings
 from streaming.worker import transport
 from streaming.worker.acks import OrderedAcks
@@ -107,6 +108,7 @@ def app_keywords(s: Settings, bootstrap: str) -> dict[str, Any]:
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         cython_optimizations=True,  # Faust's repaired Cython fast paths (less CPU per message)
+        broker_credentials=KafkaSecurity.from_settings(s).faust_credentials(),  # TLS/SASL (events/security.py)
     )
 
 

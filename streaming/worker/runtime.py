@@ -7,6 +7,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streaming.events.codec import Codec
 from streaming.events.schemas import SchemaRegistry
 from streaming.events.topics import ensure_topics
@@ -44,8 +46,8 @@ def monitor_group(pipeline: Pipeline, version: str, registry: ModelRegistry | No
     reference = None
     if registry is not None:
         try:
-            path = registry.get(version).reference_path
-            reference = ReferenceSnapshot.load(path) if path.exists() else None
+            raw = registry.get(version).read_reference()  # checked against the signature when a key is set
+            reference = None if raw is None else ReferenceSnapshot.from_json(orjson.loads(raw))
         except Exception as exc:  # an unreadable snapshot: those monitors are skipped, the others run
             log.error("reference snapshot of %s %s unreadable (%s: %s)", pipeline.name, version,
                       type(exc).__name__, exc)
@@ -104,7 +106,7 @@ class Runtime:
                     metrics.model_info.labels(new.name, new.tag, new.provider).set(1)
             metrics.model_changes.labels(role).inc()
 
-        registry = ModelRegistry(settings.path(settings.models_dir), pipeline.name)
+        registry = ModelRegistry.from_settings(settings, pipeline.name)
         manager = ModelManager(
             registry,
             pipeline.model.inputs,

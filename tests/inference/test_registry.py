@@ -1,11 +1,29 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from streaming.errors import ModelError
 from streaming.inference.registry import ModelRegistry
+
+INPUTS = ["amount", "count_1h"]
+
+
+def tiny_onnx() -> bytes:
+    """A two-class model over :data:`INPUTS` (MatMul + Softmax) that ONNX Runtime loads and warms."""
+    x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, len(INPUTS)])
+    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])
+    w = numpy_helper.from_array(np.tile(np.array([[0.5, -0.5]], dtype=np.float32), (len(INPUTS), 1)), name="w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["features", "w"], ["logits"]),
+                               helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+                              "tiny", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def test_versions_active_pointer_and_activate(tmp_path: Path) -> None:
@@ -82,3 +100,75 @@ def test_a_pointer_must_name_a_version(tmp_path: Path) -> None:
     (tmp_path / "fraud" / "shadow.json").write_text('{"version": 1}')
     with pytest.raises(ModelError, match='"version" must be a version name'):
         reg.pointers()
+
+
+BAD_NAMES = ["../x", "..", ".", "/abs", "/etc", "a/b", "a\\b", "", "v" * 65, "v1\x00", "v1\n", ".hidden", "-v1",
+             "a..b", "v 1", "active.json", "shadow.tmp", "vé"]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_a_bad_version_name_never_becomes_a_path(tmp_path: Path, bad: str) -> None:
+    outside = tmp_path / "x"  # what ../x would reach: a version-looking directory outside the pipeline's
+    outside.mkdir()
+    (outside / "metadata.json").write_text('{"inputs": ["a"]}')
+    reg = ModelRegistry(tmp_path, "fraud")
+    reg.write(b"one", {"inputs": ["a"]})
+    for action in (lambda: reg.get(bad), lambda: reg.activate(bad), lambda: reg.set_shadow(bad),
+                   lambda: reg.write(b"two", {"inputs": ["a"]}, version=bad)):
+        with pytest.raises(ModelError, match="is not a valid version name") as info:
+            action()
+        assert "\n" not in str(info.value) and "\x00" not in str(info.value) and len(str(info.value)) < 400
+    assert sorted(p.name for p in reg.dir.iterdir()) == ["v1"]  # nothing written, not even a pointer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fraud", "x"]
+
+
+@pytest.mark.parametrize("bad", ["../x", "/etc", "a/b", "", "v1\x00", "v" * 100])
+@pytest.mark.parametrize("pointer", ["active.json", "shadow.json"])
+def test_a_tampered_pointer_is_refused(tmp_path: Path, bad: str, pointer: str) -> None:
+    reg = ModelRegistry(tmp_path, "fraud")
+    reg.write(b"one", {"inputs": ["a"]})
+    (reg.dir / pointer).write_text(json.dumps({"version": bad, "history": []}))
+    with pytest.raises(ModelError, match=f"{pointer}: .* is not a valid version name"):
+        reg.pointers()
+    with pytest.raises(ModelError, match="is not a valid version name"):
+        reg.active() if pointer == "active.json" else reg.shadow()
+
+
+def test_a_bad_rollback_target_in_the_history_is_refused(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path, "fraud")
+    reg.write(b"one", {"inputs": ["a"]})
+    (reg.dir / "active.json").write_text(json.dumps({"version": "v1", "history": ["../../etc"]}))
+    assert reg.last_good("v1") == []  # names outside the versions on disk are never offered
+    with pytest.raises(ModelError, match=r"'\.\./\.\./etc' is not a valid version name"):
+        reg.rollback()
+
+
+async def test_a_worker_keeps_serving_when_a_pointer_is_tampered(tmp_path: Path) -> None:
+    from streaming.inference.manager import ModelManager
+
+    reg = ModelRegistry(tmp_path, "fraud")
+    reg.write(tiny_onnx(), {"inputs": INPUTS})
+    m = ModelManager(reg, INPUTS, provider="cpu", buckets=(1,))
+    (reg.dir / "active.json").write_text(json.dumps({"version": "../../etc"}))
+    assert await m.refresh() is False and m.active.tag == "v1"
+    with pytest.raises(ModelError, match="is not a valid version name"):  # and a worker starting now says why
+        ModelManager(reg, INPUTS, provider="cpu", buckets=(1,))
+
+
+@pytest.mark.parametrize("good", ["v1", "v12", "candidate", "v2.1-rc_1", "V9", "1", "a" * 64])
+def test_good_version_names_are_accepted(tmp_path: Path, good: str) -> None:
+    reg = ModelRegistry(tmp_path, "fraud")
+    mv = reg.write(b"model", {"inputs": ["a"]}, version=good)
+    assert mv.path == tmp_path / "fraud" / good and reg.get(good).verify() == b"model"
+    assert reg.activate(good).version == good and reg.pointers() == (good, None)
+
+
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/b", "", "..", ".", "f" * 65, "fraud\x00"])
+def test_a_bad_pipeline_name_is_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ModelError, match=r"not a valid model \(pipeline\) name"):
+        ModelRegistry(tmp_path, bad)
+
+
+@pytest.mark.parametrize("good", ["fraud", "sensor_2", "_private", "sea"])
+def test_pipeline_names_of_pipeline_files_are_accepted(tmp_path: Path, good: str) -> None:
+    assert ModelRegistry(tmp_path, good).dir == tmp_path / good

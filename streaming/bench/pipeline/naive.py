@@ -70,7 +70,7 @@ def build_app(s: Settings, bootstrap: str) -> Any:
     from streaming.worker.runtime import load_components
 
     _, codec, pipeline = load_components(s)
-    model = OnnxModel(ModelRegistry(s.path(s.models_dir), pipeline.name).active(), provider=s.onnx_provider,
+    model = OnnxModel(ModelRegistry.from_settings(s, pipeline.name).active(), provider=s.onnx_provider,
                       threads=s.onnx_threads)
     vectors = VectorBuilder(pipeline)
     spec = pipeline.event
