@@ -208,7 +208,7 @@ class LoadSession:
         finally:
             w.stop()
             with contextlib.suppress(Exception):  # best effort: the keys expire anyway
-                drop_namespace(self.redis_url, namespace)
+                drop_namespace(self.redis_url, namespace, settings=self.settings)
 
     @contextlib.contextmanager
     def worker_target(self) -> Iterator[Target]:

@@ -303,7 +303,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
                 group.close()
         for url, namespace in namespaces:
             with contextlib.suppress(Exception):  # best effort: the keys expire anyway
-                drop_namespace(url, namespace)
+                drop_namespace(url, namespace, settings=settings)
         if stack is not None:
             stack.down()
 

@@ -33,24 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from streaming.errors import ConfigError, UnreachableError
+from streaming.infra.secrets import read_secret
 from streaming.settings import Settings
 
-__all__ = ["KafkaSecurity", "client_config", "configure", "current", "auth_error", "read_secret"]
+__all__ = ["KafkaSecurity", "client_config", "configure", "current", "auth_error"]
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-def read_secret(path: str, what: str) -> str:
-    """The first line of a secret file (a Docker/Kubernetes secret mount), without its line end."""
-    try:
-        text = Path(path).expanduser().read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
-    line = text.splitlines()[0] if text else ""
-    if not line:
-        raise ConfigError(f"the {what} file {path} is empty")
-    return line
 
 
 @dataclass(frozen=True)
@@ -89,7 +78,7 @@ class KafkaSecurity:
     def from_settings(cls, s: Settings) -> KafkaSecurity:
         password = s.kafka_sasl_password
         if not password and s.kafka_sasl_password_file:
-            password = read_secret(s.kafka_sasl_password_file, "Kafka SASL password")
+            password = read_secret(s.kafka_sasl_password_file, "STREAMING_KAFKA_SASL_PASSWORD_FILE")
         return cls(protocol=s.kafka_security_protocol, mechanism=s.kafka_sasl_mechanism,
                    username=s.kafka_sasl_username, password=password,
                    ca=s.kafka_ssl_ca, cert=s.kafka_ssl_cert, key=s.kafka_ssl_key)

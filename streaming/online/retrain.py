@@ -431,7 +431,8 @@ async def run_retrain(settings: Settings, *, once: bool = False, timeout_s: floa
     """
     from streaming.events.schemas import SchemaRegistry
     from streaming.events.topics import ensure_topics
-    from streaming.infra.stack import check_broker, check_redis, resolve_endpoints
+    from streaming.infra.redis_client import check_redis
+    from streaming.infra.stack import check_broker, resolve_endpoints
     from streaming.pipeline.loader import load_pipeline
 
     say = progress or (lambda _m: None)
@@ -440,11 +441,11 @@ async def run_retrain(settings: Settings, *, once: bool = False, timeout_s: floa
     codec = Codec(schemas)
     bootstrap, redis_url = resolve_endpoints(settings)
     check_broker(bootstrap)
-    check_redis(redis_url)
+    check_redis(settings, redis_url)
     ensure_topics(bootstrap, [settings.topic_retrain, settings.topic_labels], settings.topic_partitions)
     registry = ModelRegistry.from_settings(settings, pipeline.name)
-    store = RedisFeatureStore.from_url(redis_url, pipeline, dedupe_ttl_s=settings.dedupe_ttl_s,
-                                       log_ttl_s=settings.feature_log_ttl_s, prefix=settings.redis_prefix or None)
+    store = RedisFeatureStore.connect(settings, redis_url, pipeline, dedupe_ttl_s=settings.dedupe_ttl_s,
+                                      log_ttl_s=settings.feature_log_ttl_s, prefix=settings.redis_prefix or None)
     job = RetrainJob(settings, pipeline, registry, store, codec, bootstrap, progress=say)
     group = f"{settings.app_id}-retrain"
     outcomes: list[RetrainOutcome] = []

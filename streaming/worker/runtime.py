@@ -18,8 +18,8 @@ from streaming.inference.batching.buckets import default_buckets
 from streaming.inference.manager import ModelManager
 from streaming.inference.registry import ModelRegistry
 from streaming.inference.session import OnnxModel
-from streaming.infra.redact import redact_url
-from streaming.infra.stack import check_broker, check_redis, resolve_endpoints
+from streaming.infra.redis_client import check_redis, redacted
+from streaming.infra.stack import check_broker, resolve_endpoints
 from streaming.observability.metrics import Metrics
 from streaming.online.detectors import ReferenceSnapshot
 from streaming.online.evaluator import OnlineEvaluator
@@ -95,7 +95,7 @@ class Runtime:
         _, codec, pipeline = load_components(settings)
         bootstrap, redis_url = resolve_endpoints(settings)
         check_broker(bootstrap)
-        check_redis(redis_url)
+        check_redis(settings, redis_url)
         metrics = Metrics(slo_s=pipeline.slo_p99_ms / 1000.0)
 
         def changed(role: str, old: OnnxModel | None, new: OnnxModel | None) -> None:
@@ -119,8 +119,8 @@ class Runtime:
         model = manager.active
         if create_topics:
             ensure_topics(bootstrap, settings.topics.values(), settings.topic_partitions)
-        store = RedisFeatureStore.from_url(
-            redis_url, pipeline, dedupe_ttl_s=settings.dedupe_ttl_s, log_ttl_s=settings.feature_log_ttl_s,
+        store = RedisFeatureStore.connect(
+            settings, redis_url, pipeline, dedupe_ttl_s=settings.dedupe_ttl_s, log_ttl_s=settings.feature_log_ttl_s,
             prefix=settings.redis_prefix or None,
         )
         metrics.model_info.labels(model.name, model.tag, model.provider).set(1)
@@ -129,7 +129,7 @@ class Runtime:
         for m in monitors.monitors:
             metrics.drift_state.labels(m.spec.name).set(0)
         log.info("serving %s %s on %s; broker %s; redis %s", model.name, model.tag, model.provider, bootstrap,
-                 redact_url(redis_url))
+                 redacted(settings, redis_url))
         return cls(
             settings=settings,
             bootstrap=bootstrap,
