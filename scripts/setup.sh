@@ -36,6 +36,21 @@ if [ "$EXTRAS" = "dev" ] && ! command -v promtool >/dev/null 2>&1; then
   pkill -f prometheus-node-exporter >/dev/null 2>&1 || true
 fi
 
+# amtool (Debian package prometheus-alertmanager) for the Alertmanager config tests; dev installs only
+if [ "$EXTRAS" = "dev" ] && ! command -v amtool >/dev/null 2>&1; then
+  say "installing prometheus-alertmanager (Debian: amtool for the Alertmanager config tests)"
+  apt_install prometheus-alertmanager
+  # the package may start a server; the tests need none
+  (command -v systemctl >/dev/null && systemctl stop prometheus-alertmanager) >/dev/null 2>&1 || true
+  pkill -x prometheus-alertmanager >/dev/null 2>&1 || true
+fi
+
+# stunnel and openssl: TLS in front of the embedded broker (`streaming up --secure`) and the security tests
+if [ "$EXTRAS" = "dev" ] && ! { command -v stunnel4 >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; }; then
+  say "installing stunnel4 and openssl (Debian: TLS for the embedded broker's --secure mode and its tests)"
+  apt_install stunnel4 openssl
+fi
+
 # Python 3.11+
 if [ -z "$PYTHON" ]; then
   for p in python3.11 python3.12 python3.13 python3; do
