@@ -5,70 +5,46 @@ Nothing here touches the shared Redis on 6379; every process started is stopped 
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from streaming.infra.processes import free_port, spawn, terminate, wait_for_port
+from streaming.infra.redis_cluster import (
+    LocalCluster,
+    cluster_port,
+    create_cluster,
+    have_redis_binaries,
+    local_cluster,
+    start_redis_server,
+    stop_redis_server,
+)
 
-__all__ = ["Certs", "RedisProcs", "cluster_port", "create_cluster", "make_certs", "needs_redis_server"]
+__all__ = ["Certs", "LocalCluster", "RedisProcs", "cluster_port", "create_cluster", "local_cluster", "make_certs",
+           "needs_redis_server"]
 
-needs_redis_server = pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
-                                        reason="redis-server and redis-cli are not installed")
+needs_redis_server = pytest.mark.skipif(not have_redis_binaries(), reason="redis-server and redis-cli are not installed")
 
 
 @dataclass
 class RedisProcs:
-    """The redis-server processes a test module started (stopped together by :meth:`stop`)."""
+    """The redis-server processes a test module started (stopped together by :meth:`stop`).
+
+    A Redis Cluster comes from :func:`streaming.infra.redis_cluster.local_cluster` (re-exported here)."""
 
     root: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, name: str, port: int, *args: str, tls: bool = False) -> int:
         """``redis-server`` on ``port`` (the TLS port when ``tls``: the plain port is then off) with ``args``."""
-        work = self.root / name
-        work.mkdir(parents=True, exist_ok=True)
-        ports = ["--port", "0", "--tls-port", str(port)] if tls else ["--port", str(port)]
-        argv = ["redis-server", *ports, "--bind", "127.0.0.1", "--dir", str(work), "--save", "", "--appendonly",
-                "no", "--logfile", "", *args]
-        proc = spawn(argv, work / "redis.log", tie_to_parent=True)
-        self.procs.append(proc)
-        if not wait_for_port("127.0.0.1", port, 10.0, proc):
-            raise RuntimeError(f"redis-server {name} did not start: {(work / 'redis.log').read_text()[-2000:]}")
+        self.procs.append(start_redis_server(self.root / name, port, *args, tls=tls))
         return port
 
     def stop(self) -> None:
         for proc in self.procs:
-            terminate(proc.pid, timeout=3.0)
-            proc.wait(timeout=5)
+            stop_redis_server(proc)
         self.procs.clear()
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def cluster_port(taken: Sequence[int] = ()) -> int:
-    """A free port whose cluster bus port (+10000) is free as well."""
-    for _ in range(200):
-        p = free_port()
-        if p + 10000 < 65536 and p not in taken and _bindable(p + 10000):
-            return p
-        p = 20000 + (p % 30000)
-        if p not in taken and _bindable(p) and _bindable(p + 10000):
-            return p
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 @dataclass(frozen=True)
@@ -100,20 +76,3 @@ def make_certs(d: Path) -> Certs:
                  "-out", f"{who}.crt", "-days", "2", "-extfile", f"{who}.ext", cwd=d)
     return Certs(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key",
                  d / "other-ca.crt")
-
-
-def create_cluster(ports: Sequence[int], password: str | None = None, timeout_s: float = 15.0) -> None:
-    """``redis-cli --cluster create`` over ``ports`` (no replicas), then wait until every node says cluster_state:ok."""
-    auth = ["-a", password, "--no-auth-warning"] if password else []
-    subprocess.run(["redis-cli", *auth, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=timeout_s)
-    deadline = time.monotonic() + timeout_s
-    for p in ports:
-        while True:
-            out = subprocess.run(["redis-cli", *auth, "-p", str(p), "cluster", "info"], capture_output=True,
-                                 text=True, timeout=5).stdout
-            if "cluster_state:ok" in out:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"cluster node {p} not ok: {out}")
-            time.sleep(0.05)

@@ -28,7 +28,7 @@ from streaming.pipeline.loader import load_pipeline
 from streaming.pipeline.spec import Pipeline
 from streaming.settings import Settings
 from tests.conftest import unique
-from tests.features.redis_servers import RedisProcs, cluster_port, create_cluster, needs_redis_server
+from tests.features.redis_servers import RedisProcs, local_cluster, needs_redis_server
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.integration, needs_redis_server]
 
@@ -47,19 +47,13 @@ class Redises:
 
 @pytest.fixture(scope="module")
 def redises(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redises]:
-    procs = RedisProcs(tmp_path_factory.mktemp("redis-cluster"))
+    root = tmp_path_factory.mktemp("redis-cluster")
+    procs = RedisProcs(root)
     try:
-        ports: list[int] = []
-        for i in range(3):
-            p = cluster_port(ports)
-            ports.append(p)
-            procs.start(f"node{i}", p, "--cluster-enabled", "yes", "--cluster-config-file",
-                        str(procs.root / f"nodes-{p}.conf"), "--cluster-node-timeout", "5000",
-                        "--requirepass", PASSWORD, "--masterauth", PASSWORD)
-        create_cluster(ports, PASSWORD)
-        single = procs.start("single", free_port())
-        yield Redises(f"redis://127.0.0.1:{ports[0]}/0", tuple(ports), f"redis://127.0.0.1:{single}/0",
-                      Settings(redis_cluster=True, redis_password=PASSWORD))
+        with local_cluster(3, root / "cluster", password=PASSWORD) as cluster:
+            single = procs.start("single", free_port())
+            yield Redises(cluster.url, cluster.ports, f"redis://127.0.0.1:{single}/0",
+                          Settings(redis_cluster=True, redis_password=PASSWORD))
     finally:
         procs.stop()
 
