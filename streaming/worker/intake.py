@@ -12,7 +12,10 @@ What stays Faust's: the consumer group, partition assignment and rebalances (the
 the flow stops and skips partitions that are no longer active), offsets and commits: each message
 is tracked (``Consumer.track_message``) before the handler gets it and acked on the consumer
 (``Consumer.ack``) once its output is on the broker, so Faust commits only acknowledged offsets
-and waits for them on a rebalance or a clean stop.
+and waits for them on a rebalance or a clean stop. Before a rebalance takes partitions away, the
+consumer drains the worker's loops and commits what they acknowledged
+(:meth:`BatchDrain.on_partitions_revoked`): Faust itself would forget those acknowledgements, and
+the partitions' next owner would score every event since the last periodic commit again.
 
 A handler that raises ends the process (:func:`streaming.worker.fatal.crash`): the records it held
 stay unacknowledged and are redelivered after the supervisor restarts the worker. Records are
@@ -45,7 +48,25 @@ def register_batch_handler(app: faust.App, topic: faust.TopicT, handler: BatchHa
 
 
 class BatchDrain:
-    """A mixin for a ``faust.transport.consumer.Consumer``: the drain loop with batch handlers."""
+    """A mixin for a ``faust.transport.consumer.Consumer``: the drain loop with batch handlers, and a commit
+    of what was acknowledged before a rebalance takes partitions away."""
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        """Drain the app's loops and commit, then Faust's revocation.
+
+        Faust's consumer first forgets the revoked partitions' acknowledgements and then runs the app's
+        revocation (which drains the worker's loops); it commits there only with ``stream_wait_empty``,
+        which the worker turns off. Left alone, everything acknowledged since the last periodic commit
+        would be read again by the partitions' next owner (scored twice, flagged ``redelivered``)."""
+        me: Any = self
+        app = me.app
+        if revoked and not app.should_stop and me.assignment():
+            me.stop_flow()  # no fetch is handed on from here (the drain loop checks the flow)
+            for drain in getattr(app, "drains", ()):
+                await drain()
+            await me.maybe_wait_for_commit_to_finish()  # a periodic commit that began before the last acks
+            await me.commit()
+        await super().on_partitions_revoked(revoked)  # type: ignore[misc]
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs inside Faust's Fetcher
         handlers: dict[str, BatchHandler] = getattr(self.app, "batch_handlers", {})  # type: ignore[attr-defined]
