@@ -4,9 +4,8 @@ For ``streaming bench features --cluster`` and the Redis Cluster tests. Nothing 
 process did not start: every ``redis-server`` is started here (tied to this process: it dies with it) and
 stopped by its own pid when the context ends.
 
->>> with local_cluster(3) as cluster:  # doctest: +SKIP
-...     cluster.url, cluster.ports
-('redis://127.0.0.1:41234/0', (41234, 37012, 45101))
+Used as ``with local_cluster(3) as cluster:``, which gives ``cluster.url`` (a node's URL, for
+``Settings(redis_cluster=True)``) and ``cluster.ports``; ``tests/features/test_redis_cluster.py`` runs it.
 """
 
 from __future__ import annotations
