@@ -52,6 +52,8 @@ from streaming.worker.runtime import load_components
 __all__ = ["count_records", "run_demo", "scrape"]
 
 #: how long the demo goes on after its duration for the retrain loop to close (a new version served)
+#: the summary's latency timeline: the e2e p99 of the events produced in each window of this length
+WINDOW_S = 5.0
 LOOP_WAIT_S = 60.0
 #: events served by the new version before the demo stops, once it is active
 SERVED_AFTER_S = 5.0
@@ -251,6 +253,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
         missing = [e for e in stats.event_ids if e not in mine]
         e2e = percentiles([(recv - st[_PRODUCED]) / 1000.0 for recv, st in mine.values()])
         wk = percentiles([(st[_PREDICTED] - st[_PRODUCED]) / 1000.0 for _, st in mine.values()])
+        by_window = _p99_by_window([(st[_PRODUCED], (recv - st[_PRODUCED]) / 1000.0) for recv, st in mine.values()])
         summary: dict[str, Any] = {
             "events_produced": stats.events,
             "fraud_events": stats.positives,
@@ -263,6 +266,7 @@ def _run_demo(settings: Settings, *, rate: float, duration: float, label_delay: 
                                                 where=lambda h: not from_events(h)),
             "e2e_latency_ms": {k: round(v, 2) for k, v in e2e.items() if k != "count"},
             "worker_latency_ms": {k: round(v, 2) for k, v in wk.items() if k != "count"},
+            "e2e_p99_ms_by_window": {"window_s": WINDOW_S, "p99": by_window},
             "labels_published": stats.labels,
             "labels_joined": _sum(samples, "streaming_labels_total", outcome="joined"),
             "drift_detections": _sum(samples, "streaming_drift_detections_total"),
@@ -431,8 +435,24 @@ def _loop_lines(loop: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _p99_by_window(samples: list[tuple[int, float]]) -> list[float]:
+    """The e2e p99 (ms) of the events produced in each ``WINDOW_S`` of the run, from (produced µs, latency ms).
+
+    >>> _p99_by_window([(0, 10.0), (1_000_000, 30.0), (6_000_000, 50.0)])
+    [29.8, 50.0]
+    """
+    if not samples:
+        return []
+    t0 = min(t for t, _ in samples)
+    windows: dict[int, list[float]] = {}
+    for t, ms in samples:
+        windows.setdefault(int((t - t0) / 1e6 // WINDOW_S), []).append(ms)
+    return [round(percentiles(windows.get(i, [0.0]))["p99"], 1) for i in range(max(windows) + 1)]
+
+
 def _write(summary: dict[str, Any], path: Path, say: Any) -> None:
     e2e, wk = summary["e2e_latency_ms"], summary["worker_latency_ms"]
+    windows = summary.get("e2e_p99_ms_by_window", {})
     lines = [
         "",
         "=== streaming demo summary ===",
@@ -443,6 +463,8 @@ def _write(summary: dict[str, Any], path: Path, say: Any) -> None:
         "   (event record timestamp -> prediction read back)",
         f"worker latency (ms)    p50 {wk['p50']:.1f}  p95 {wk['p95']:.1f}  p99 {wk['p99']:.1f}"
         "   (event record timestamp -> score ready)",
+        f"e2e p99 per {windows.get('window_s', WINDOW_S):g} s (ms)   "
+        + " ".join(f"{v:.0f}" for v in windows.get("p99", [])),
         f"dead letters           {summary['dead_letters']:>8}   (malformed records sent: {summary['malformed_records_sent']})",
         f"labels                 {summary['labels_published']:>8}   published, {summary['labels_joined']:.0f} joined, "
         f"{summary['label_dead_letters']} dead-lettered",
