@@ -162,25 +162,31 @@ def client_config(bootstrap: str, conf: Mapping[str, Any] | None = None) -> dict
     return {"bootstrap.servers": bootstrap, **current().librdkafka(), **(conf or {})}
 
 
-#: words in librdkafka's and aiokafka's messages that mean the broker refused us, not that it is down
-_AUTH_WORDS = ("sasl", "authentication", "unknown-user", "ssl", "certificate", "handshake")
+#: what in librdkafka's messages means a failed TLS handshake, and what means refused credentials
+_TLS = re.compile(r"ssl handshake|certificate|tls")
+_AUTH = re.compile(r"sasl|authenticat|unknown-user|credential")
+#: broker addresses in those messages (``ssl://host:port/bootstrap``) say nothing about the failure
+_ADDRESS = re.compile(r"\b\w+://\S+")
 
 
 def auth_error(bootstrap: str, detail: str) -> UnreachableError | None:
-    """A one-line error for a refused connection (credentials or TLS), or None when ``detail`` is something else."""
-    low = detail.lower()
-    if not any(w in low for w in _AUTH_WORDS):
-        return None
-    sec = current()
-    if "certificate" in low or ("ssl" in low and "sasl" not in low):
+    """A one-line error for a refused connection (credentials or TLS), or None when ``detail`` is something else.
+
+    >>> auth_error("b:9093", 'str="ssl://b:9093/bootstrap: Connect to ipv4#10.0.0.1:9093 failed: Connection refused"')
+    """
+    low = _ADDRESS.sub(" ", detail.lower())
+    if _TLS.search(low):
         return UnreachableError(
             f"the TLS handshake with the Kafka broker at {bootstrap} failed ({_first_line(detail)}): check "
             "STREAMING_KAFKA_SSL_CA (the CA that signed the broker's certificate) and the broker's host name"
         )
-    return UnreachableError(
-        f"the Kafka broker at {bootstrap} refused the credentials ({sec.describe()}): {_first_line(detail)}; check "
-        "STREAMING_KAFKA_SASL_USERNAME, the password and STREAMING_KAFKA_SASL_MECHANISM"
-    )
+    if _AUTH.search(low):
+        return UnreachableError(
+            f"the Kafka broker at {bootstrap} refused the credentials ({current().describe()}): "
+            f"{_first_line(detail)}; check STREAMING_KAFKA_SASL_USERNAME, the password and "
+            "STREAMING_KAFKA_SASL_MECHANISM"
+        )
+    return None
 
 
 def _first_line(text: str) -> str:
