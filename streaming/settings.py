@@ -115,6 +115,11 @@ class Settings:
     )
     # -- worker and Kafka clients
     app_id: str = _setting("streaming-worker", "Faust app id (the consumer group).")
+    worker_id: str = _setting(
+        "", "This worker's stable name among the workers of one group (a pod or host name). With several workers, "
+        "give each its own: the online learner's checkpoint is kept per worker id. Empty: one checkpoint for the "
+        "pipeline (one worker).",
+    )
     consumer_fetch_max_wait_ms: int = _setting(
         5,
         "Worker consumer fetch max wait. Faust hardcodes 1500 ms; on Tansu it bounds latency directly. Never 0.",

@@ -3,8 +3,9 @@
 Every ``checkpoint_interval_s`` and at a clean stop, the learner, the evaluator, the monitor group
 and the offsets of the labels the learner has learned from are sealed
 (:mod:`streaming.online.checkpoint`: HMAC-SHA256 under the checkpoint key, verified before anything
-is unpickled) and written to Redis under ``<prefix>ckpt:{<pipeline>}``, the previous one kept
-beside it. At start the newest that verifies is restored; a tampered, unreadable or
+is unpickled) and written to Redis under :func:`checkpoint_name` (``<prefix>ckpt:{<pipeline>}``, or
+``<prefix>ckpt:{<pipeline>}:<worker id>`` with ``STREAMING_WORKER_ID``: each worker of a group learns
+from its own share of the labels, so each keeps its own learner), the previous one kept beside it. At start the newest that verifies is restored; a tampered, unreadable or
 other-version checkpoint is refused with one log line and the learner starts fresh.
 
 The label offsets Faust committed may be ahead of the checkpoint (labels learned after it, then a
@@ -29,9 +30,18 @@ from streaming.online.monitor import MonitorGroup
 from streaming.worker.learn import LabelProcessor
 from streaming.worker.runtime import Runtime
 
-__all__ = ["LearnerCheckpoints"]
+__all__ = ["LearnerCheckpoints", "checkpoint_name"]
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_name(prefix: str, pipeline: str, worker_id: str = "") -> str:
+    """The Redis key of a worker's checkpoint (one hash tag per pipeline: a checkpoint and its ``:prev`` share a slot).
+
+    >>> checkpoint_name("fraud:", "fraud"), checkpoint_name("fraud:", "fraud", "pod-1")
+    ('fraud:ckpt:{fraud}', 'fraud:ckpt:{fraud}:pod-1')
+    """
+    return f"{prefix}ckpt:{{{pipeline}}}" + (f":{worker_id}" if worker_id else "")
 
 
 class LearnerCheckpoints:
@@ -45,7 +55,7 @@ class LearnerCheckpoints:
         client = getattr(rt.store, "client", None)
         if client is None:
             raise TypeError("checkpoints need the Redis feature store's client")
-        self.store = CheckpointStore(client, f"{prefix}ckpt:{{{rt.pipeline.name}}}", key)
+        self.store = CheckpointStore(client, checkpoint_name(prefix, rt.pipeline.name, s.worker_id), key)
         self.restored: dict[str, int] | None = None  # the offsets of the checkpoint restored, if any
         self._lock = asyncio.Lock()
         self._done = False

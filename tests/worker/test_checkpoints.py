@@ -144,3 +144,31 @@ async def test_labels_committed_after_the_checkpoint_are_replayed(servers: Serve
     assert consumer.seeks == {0: 100}  # partition 1 is at the checkpoint already; 2 has no checkpointed labels
     for r in (rt, fresh):
         await r.store.close()
+
+
+async def test_each_worker_of_a_group_gets_its_own_learner_back(servers: Servers, models_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """Two workers of one pipeline learn from different labels; with STREAMING_WORKER_ID each restores its own."""
+    prefix = unique("ckw") + ":"
+
+    def worker(name: str) -> Runtime:
+        env = worker_env(servers, models_dir, STREAMING_REDIS_PREFIX=prefix, STREAMING_WORKER_ID=name,
+                         STREAMING_CHECKPOINT_KEY_FILE=str(tmp_path / "checkpoint.key"))
+        return Runtime.build(settings_from(env))
+
+    runtimes = []
+    for name, n in (("pod-1", 300), ("pod-2", 500)):
+        rt = worker(name)
+        vecs = await served(rt, n, seed=n)
+        p = LabelProcessor(rt)
+        await p.process(labels(rt, vecs))
+        assert await LearnerCheckpoints(rt, p).save() > 0
+        runtimes.append(rt)
+    for name, n in (("pod-1", 300), ("pod-2", 500)):  # both restart
+        rt = worker(name)
+        ck = LearnerCheckpoints(rt, LabelProcessor(rt))
+        assert await ck.restore() == {"0": n - 1}
+        assert rt.learner.seen == n  # its own learner, not the last writer's
+        runtimes.append(rt)
+    for rt in runtimes:
+        await rt.store.close()
