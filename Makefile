@@ -1,7 +1,7 @@
 # The two commands: `make demo` runs the main job, `make test` passes the tests.
 # Both set everything up themselves (Debian packages, virtual environment, packages,
 # the embedded broker and Redis).
-.PHONY: demo test lint setup clean
+.PHONY: demo test test-security test-scaleout lint setup clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,6 +19,14 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# the issue-15 groups alone (they also run in `make test`): TLS/SASL, Redis AUTH/TLS, secrets, signed
+# models; two workers in one group, Redis Cluster
+test-security: setup
+	$(BIN)/python -m pytest -q -m security
+
+test-scaleout: setup
+	$(BIN)/python -m pytest -q -m scaleout
 
 clean:
 	-$(BIN)/streaming down 2>/dev/null
