@@ -217,6 +217,7 @@ def create_app(rt: Runtime) -> StreamingApp:
         rt.metrics.acks_waiting.set(acks.waiting())
 
     watch = LogWatch(s.topics.values())
+    app.logwatch = watch  # type: ignore[attr-defined]  # a revocation checks it before committing (intake.py)
 
     @app.timer(interval=5.0)
     async def logs_kept() -> None:

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis.asyncio as aioredis
@@ -42,6 +42,7 @@ from streaming.features.store import RedisFeatureStore
 from streaming.infra.processes import free_port
 from streaming.pipeline.spec import Pipeline
 from streaming.worker.intake import BatchDrain
+from streaming.worker.logwatch import LogWatch
 from streaming.worker.process import WorkerProcess
 from tests.conftest import Servers, pipeline_variant, worker_env
 from tests.helpers import S, transaction
@@ -304,19 +305,25 @@ async def test_two_workers_share_the_partitions_and_one_takes_over_when_the_othe
           f"partition's event {max(waits):.2f}s; whole test {time.monotonic() - t_test:.1f}s")
 
 
+class _TP(NamedTuple):
+    topic: str
+    partition: int
+
+
 class _FaustConsumer:
     """What :class:`BatchDrain` needs of Faust's consumer, recording the order of the calls."""
 
-    def __init__(self, *, stopping: bool = False) -> None:
+    def __init__(self, *, stopping: bool = False, watch: LogWatch | None = None, ends: int = 1000) -> None:
         self.calls: list[str] = []
+        self.ends = ends
 
         async def drain() -> None:
             self.calls.append("drain")
 
-        self.app = SimpleNamespace(should_stop=stopping, drains=[drain])
+        self.app = SimpleNamespace(should_stop=stopping, drains=[drain], logwatch=watch)
 
-    def assignment(self) -> set[str]:
-        return {"events-0"}
+    def assignment(self) -> set[_TP]:
+        return {_TP("events", 0)}
 
     def stop_flow(self) -> None:
         self.calls.append("stop_flow")
@@ -325,11 +332,15 @@ class _FaustConsumer:
         self.calls.append("wait_commit")
         return False
 
+    async def highwaters(self, *partitions: _TP) -> dict[_TP, int]:
+        self.calls.append("log_ends")
+        return {tp: self.ends for tp in partitions}
+
     async def commit(self) -> bool:
         self.calls.append("commit")
         return True
 
-    async def on_partitions_revoked(self, revoked: set[str]) -> None:
+    async def on_partitions_revoked(self, revoked: set[_TP]) -> None:
         self.calls.append("faust_revoked")  # Faust forgets the revoked partitions' acknowledgements here
 
 
@@ -339,8 +350,20 @@ class _Consumer(BatchDrain, _FaustConsumer):
 
 async def test_a_revocation_drains_and_commits_before_faust_forgets_the_acknowledgements() -> None:
     consumer = _Consumer()
-    await consumer.on_partitions_revoked({"events-0"})
+    await consumer.on_partitions_revoked({_TP("events", 0)})
     assert consumer.calls == ["stop_flow", "drain", "wait_commit", "commit", "faust_revoked"]
     stopping = _Consumer(stopping=True)  # a stop commits on its own (Faust's Consumer.on_stop)
-    await stopping.on_partitions_revoked({"events-0"})
+    await stopping.on_partitions_revoked({_TP("events", 0)})
     assert stopping.calls == ["faust_revoked"]
+
+
+async def test_a_revocation_after_the_broker_lost_its_logs_commits_nothing() -> None:
+    """A broker restarted without storage: old offsets committed there would skip its new records."""
+    watch = LogWatch(["events", "labels"])
+    assert watch.check_highwaters({_TP("events", 0): 2107}) is None  # what the worker saw before
+    kept = _Consumer(watch=watch, ends=2200)
+    await kept.on_partitions_revoked({_TP("events", 0)})
+    assert kept.calls == ["stop_flow", "drain", "wait_commit", "log_ends", "commit", "faust_revoked"]
+    lost = _Consumer(watch=watch, ends=12)
+    await lost.on_partitions_revoked({_TP("events", 0)})
+    assert lost.calls == ["stop_flow", "drain", "wait_commit", "log_ends", "faust_revoked"]
