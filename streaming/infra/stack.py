@@ -21,7 +21,7 @@ from streaming.errors import ConfigError, UnreachableError, UserError
 from streaming.infra.processes import free_port, pid_alive, port_open, spawn, terminate, wait_for_port
 from streaming.settings import Settings
 
-__all__ = ["Stack", "StackState", "Service", "broker_argv", "resolve_endpoints", "check_broker", "check_redis", "DEFAULT_REDIS_URL"]
+__all__ = ["Stack", "StackState", "Service", "broker_argv", "resolve_endpoints", "check_broker", "DEFAULT_REDIS_URL"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 STATE_FILE = "stack.json"
@@ -266,10 +266,3 @@ def check_broker(bootstrap: str) -> None:
     raise UnreachableError(
         f"the Kafka broker at {bootstrap} does not answer: start it with `streaming up` or fix STREAMING_BROKER_URL"
     )
-
-
-def check_redis(url: str, settings: Settings | None = None) -> None:
-    """Raise a one-line error when Redis at ``url`` does not answer or refuses us (no password in it)."""
-    from streaming.infra.redis_client import check_redis as _check
-
-    _check(settings or Settings(), url)
